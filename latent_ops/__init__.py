@@ -1,0 +1,4 @@
+"""Test-time refinement methods written as step-wise programs, and their rewards.
+
+Imports torch and `kernels`; never FastAPI, pydantic HTTP models or the scheduler.
+"""

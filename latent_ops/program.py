@@ -1,0 +1,87 @@
+"""Requests as step-wise programs: the needs they yield and the results they receive.
+
+A refinement method (and plain generation, the one-step case) is written as a generator
+that yields a list of *needs* and is sent back the list of *results*, one per need, in
+the same order. The engine in `server/engine/` gathers the needs of all active requests
+each step and runs each kind as one batch (all `Generate` needs share the runner's
+continuous batch), so concurrent requests share the model's passes. The generator's
+return value is the request's output.
+
+This module holds plain dataclasses only: no model, no HTTP, no scheduler. The same
+programs run under the HTTP server and the in-process evaluation tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SamplingParams:
+    """How one sequence is decoded. Token counts exclude the prompt."""
+
+    max_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None  # per-sequence generator; None draws a fresh seed
+    stop: list[str] = field(default_factory=list)  # stop strings, not included in the text
+    stop_token_ids: list[int] = field(default_factory=list)  # in addition to EOS
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's plus top-k
+    capture_latents: bool = False  # keep the final-norm state that produced each token
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first; len = requested k
+
+
+@dataclass
+class Generate:
+    """Need: decode a continuation of `prompt_ids`.
+
+    `stream_index`, when set, streams text deltas to the client as choice number
+    `stream_index` while the sequence decodes (plain generation); refinement methods
+    leave it unset and stream their final answer themselves.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream_index: int | None = None
+
+
+@dataclass
+class Generation:
+    """Result of a `Generate` need.
+
+    token_ids include a stop token when one ended the sequence (it is not in `text`).
+    latents: [len(token_ids), d] float32 on the CPU when `capture_latents` was set: row t is
+    the last-layer state after the final norm at the position that produced token_ids[t].
+    """
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    latents: Any = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+Need = Generate
+Result = Generation
+# yields list[Need], is sent list[Result], returns the request's output
+Program = Generator[list[Need], list[Result], Any]
+
+
+def plain_generation(needs: list[Generate]) -> Program:
+    """The one-step program: decode every need (e.g. the n choices × prompts) at once."""
+    results = yield needs
+    return results

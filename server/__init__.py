@@ -1,0 +1,1 @@
+"""latentserve's HTTP layer: config, CLI, app, scheduler, engine backends and metrics."""

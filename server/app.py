@@ -1,0 +1,173 @@
+"""Build the FastAPI app (`build_app(config)`) and run it (`serve(config)`).
+
+Importing this module loads nothing: the model, the runner and the engine thread are
+created in the app's lifespan and torn down with it. Routes for the OpenAI API live in
+`server/openai_routes.py`; this module holds the app-level parts: lifespan, request ids,
+API-key guard, `/health`, `/v1/models` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.config import ServerConfig
+from server.errors import error_response, install_error_handlers
+from server.metrics import Metrics
+from server.protocol import ModelCard, ModelList, now
+
+log = logging.getLogger("latentserve")
+
+
+@dataclass
+class ServerState:
+    """What the routes need, set up in the lifespan (app.state.server)."""
+
+    config: ServerConfig
+    engine: object  # server.engine.engine.Engine
+    tokenizer: object
+    model_name: str
+    max_model_len: int
+    metrics: Metrics
+
+
+def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
+    from server.engine.engine import Engine
+    from server.engine.loader import load_model
+    from server.engine.runner import ModelRunner
+
+    if loaded is None:
+        loaded = load_model(config.model, device=config.device, dtype=config.dtype)
+    model_len = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+    max_model_len = min(config.max_model_len or model_len, model_len)
+    tok = loaded.tokenizer
+    eos = _eos_ids(loaded.model, tok)
+    runner = ModelRunner(
+        loaded.model,
+        max_batch_size=config.max_batch_size,
+        max_model_len=max_model_len,
+        eos_token_ids=eos,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+    )
+    engine = Engine(
+        runner, tok, max_queued_requests=config.max_queued_requests,
+        on_finish=metrics.record_request,
+    )
+    metrics.bind_engine(engine, _device_memory_fn(runner.device, loaded.model))
+    engine.start()
+    return ServerState(
+        config=config,
+        engine=engine,
+        tokenizer=tok,
+        model_name=config.served_model_name or loaded.name,
+        max_model_len=max_model_len,
+        metrics=metrics,
+    )
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _device_memory_fn(device, model):
+    import torch
+
+    if device.type == "cuda":
+        return lambda: torch.cuda.memory_allocated(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return lambda: weights  # on the CPU: the weights we hold (the KV cache is transient)
+
+
+def build_app(config: ServerConfig, loaded=None) -> FastAPI:
+    """The app for `config`. `loaded` (a `LoadedModel`) skips loading in the lifespan."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import asyncio
+
+        state = await asyncio.to_thread(_load_state, config, metrics, loaded)
+        app.state.server = state
+        log.info("serving %s (max_model_len %d)", state.model_name, state.max_model_len)
+        try:
+            yield
+        finally:
+            state.engine.shutdown()
+
+    app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = rid
+        if config.api_key and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                response = error_response(401, "invalid or missing API key")
+                response.headers["x-request-id"] = rid
+                return response
+        response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        return response
+
+    @app.get("/health")
+    async def health(request: Request):
+        state = getattr(request.app.state, "server", None)
+        if state is None or not state.engine.alive:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(request: Request):
+        state: ServerState = request.app.state.server
+        card = ModelCard(id=state.model_name, created=now(), max_model_len=state.max_model_len)
+        return ModelList(data=[card])
+
+    @app.get("/metrics")
+    async def metrics_route():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    from server.openai_routes import router
+
+    app.include_router(router)
+    return app
+
+
+def serve(config: ServerConfig) -> int:
+    """Run uvicorn in this process; a model that cannot load exits 1 with one line."""
+    import sys
+
+    import uvicorn
+
+    from server.engine.loader import ModelLoadError, load_model
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Load before binding the port, so a bad --model is one line and exit status 1.
+    try:
+        loaded = load_model(config.model, device=config.device, dtype=config.dtype)
+    except ModelLoadError as exc:
+        print(f"latentserve: error: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(
+        build_app(config, loaded=loaded), host=config.host, port=config.port,
+        log_level=config.log_level, timeout_graceful_shutdown=30,
+    )
+    return 0

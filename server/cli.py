@@ -1,0 +1,100 @@
+"""`latentserve` command line: subcommands whose flags are generated from typed configs.
+
+`latentserve serve` builds its flags from `ServerConfig` (no default is written here).
+Invalid values exit with status 2 and one line naming the flag; a model that cannot be
+found or read exits with status 1 and one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from server.config import ServerConfig
+
+_SUPPRESS = argparse.SUPPRESS
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[BaseModel]) -> None:
+    """One flag per field; values stay absent unless given, so the model's defaults rule."""
+    for name, field in config_cls.model_fields.items():
+        annotation = field.annotation
+        args = typing.get_args(annotation)
+        optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and (
+            type(None) in args
+        )
+        if optional:
+            annotation = next(a for a in args if a is not type(None))
+        kwargs: dict = {"default": _SUPPRESS, "dest": name}
+        default = field.default
+        help_text = field.description or ""
+        env = (field.json_schema_extra or {}).get("env") if field.json_schema_extra else None
+        if default is not None and not isinstance(default, bool):
+            help_text += f" (default: {default})"
+        if typing.get_origin(annotation) is Literal:
+            kwargs["choices"] = list(typing.get_args(annotation))
+        elif annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            help_text += f" (default: {default})"
+        elif typing.get_origin(annotation) is list:
+            kwargs["nargs"] = "*"
+            kwargs["type"] = typing.get_args(annotation)[0]
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+        elif env:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument(_flag(name), help=help_text, **kwargs)
+
+
+def config_from_args(config_cls: type[BaseModel], ns: argparse.Namespace) -> BaseModel:
+    values = {k: v for k, v in vars(ns).items() if k in config_cls.model_fields}
+    for name, field in config_cls.model_fields.items():
+        env = (field.json_schema_extra or {}).get("env") if field.json_schema_extra else None
+        if name not in values and env and os.environ.get(env):
+            values[name] = os.environ[env]
+    return config_cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentserve",
+        description="OpenAI-compatible inference server with test-time latent refinement",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    add_config_flags(serve, ServerConfig)
+    return parser
+
+
+def _validation_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{_flag(loc) if loc else 'config'}: {err['msg']} (got {err.get('input')!r})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command == "serve":
+        try:
+            config = config_from_args(ServerConfig, ns)
+        except ValidationError as exc:
+            parser.exit(2, f"latentserve: error: {_validation_message(exc)}\n")
+        from server.app import serve
+
+        return serve(config)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The server's settings: one typed pydantic model, the single source of every default.
+
+CLI flags are generated from these fields (`server/cli.py`): the flag is the field name
+in kebab case, its help is the field's description, its default the field's default.
+A field may name an environment variable (`json_schema_extra={"env": ...}`) consulted
+when the flag is absent. Nothing here loads a model or opens a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field(
+        "default",
+        description="'default' (embedded SmolLM2-135M-Instruct), a transformers model "
+        "directory, or a .gguf file",
+    )
+    served_model_name: str | None = Field(
+        None, description="model id on /v1/models and in responses (default: from --model)"
+    )
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind (0 picks a free one)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model runs; auto = cuda when available"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weight dtype; auto = float32 on CPU, bfloat16 on CUDA"
+    )
+    max_batch_size: int = Field(
+        8, ge=1, le=4096, description="sequences decoded together in one batch"
+    )
+    max_queued_requests: int = Field(
+        64, ge=0, description="requests allowed to wait for a batch slot; beyond it, 503"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="context length in tokens (default: the model's)"
+    )
+    api_key: str | None = Field(
+        None,
+        description="require 'Authorization: Bearer KEY' on /v1/* (env LATENTSERVE_API_KEY)",
+        json_schema_extra={"env": "LATENTSERVE_API_KEY"},
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log verbosity"
+    )

@@ -1,0 +1,1 @@
+"""Model loading, the batched KV-cached runner and the engine loop that drives programs."""

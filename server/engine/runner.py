@@ -1,0 +1,275 @@
+"""The batched, KV-cached model runner with continuous batching.
+
+One `step()` does two things:
+1. *decode*: one token for every running sequence, as one forward pass over a
+   left-padded batch that shares a single KV cache;
+2. *prefill*: admit waiting sequences (up to `max_batch_size`), run their prompts as one
+   left-padded pass, sample each one's first token and merge their cache rows into the
+   running batch.
+Sequences join and leave between steps: leaving drops the row and trims columns that
+became padding everywhere; joining left-pads whichever side is shorter. That costs a
+copy of the cache only when the batch changes, never per token.
+
+The runner calls the decoder stack (`model.get_decoder()`) and the LM head itself, so the
+prompt's logits are never computed (only the last position's) and the state after the
+final norm, the *latent* the LM head reads, is at hand for every generated token.
+
+It knows token ids and tensors only: text, stop strings, HTTP and programs live above it
+(`server/engine/engine.py`). Supported: decoder-only models with full attention whose
+logits are `lm_head(final_norm(h))` (Llama, Qwen2, Mistral without sliding window, ...).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from latent_ops.program import SamplingParams, TokenLogprob
+
+
+@dataclass
+class Sequence:
+    """Runner-side state of one sequence. `prompt_ids` is what goes in; outputs grow."""
+
+    seq_id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    latents: list[torch.Tensor] = field(default_factory=list)  # each [d] float32, CPU
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    generator: torch.Generator | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def latents_tensor(self) -> torch.Tensor | None:
+        """[len(output_ids), d] float32, or None when latents were not captured."""
+        if not self.params.capture_latents:
+            return None
+        return torch.stack(self.latents) if self.latents else torch.empty(0)
+
+
+class ModelRunner:
+    """Continuous-batching decoder over one model. Not thread-safe: one caller (the engine)."""
+
+    def __init__(
+        self,
+        model,
+        max_batch_size: int = 8,
+        max_model_len: int | None = None,
+        eos_token_ids: set[int] | None = None,
+        pad_token_id: int = 0,
+    ):
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.max_model_len = max_model_len or getattr(
+            model.config, "max_position_embeddings", 1 << 30
+        )
+        self.eos_token_ids = set(eos_token_ids or ())
+        self.pad_token_id = pad_token_id
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        # Batch state, one row per running sequence (None when nothing runs):
+        self.cache: DynamicCache | None = None  # layers of [B, kv_heads, Lb, head_dim]
+        self.mask: torch.Tensor | None = None  # [B, Lb] long, 1 = real token
+        self.next_pos: torch.Tensor | None = None  # [B] long, position id of the next input
+        self.next_tokens: torch.Tensor | None = None  # [B] long, sampled, not yet in cache
+        self.forward_passes = 0
+
+    # ---- queue -------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        if seq.params.seed is not None or not seq.params.greedy:
+            seed = seq.params.seed if seq.params.seed is not None else random.getrandbits(62)
+            seq.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.waiting.append(seq)
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a sequence; it leaves the batch at the start of the next step."""
+        if seq.finish_reason is None:
+            seq.finish_reason = "abort"
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def finish(self, seq: Sequence, reason: str = "stop") -> None:
+        """End a sequence from above (e.g. a stop string matched)."""
+        if seq.finish_reason is None:
+            seq.finish_reason = reason
+
+    def reset(self) -> None:
+        """Drop the running batch (after a failed step); waiting sequences stay queued."""
+        for seq in self.running:
+            self.abort(seq)
+        self.running, self.cache = [], None
+        self.mask = self.next_pos = self.next_tokens = None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one engine step ---------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Decode one token for the running batch, then prefill admitted sequences.
+
+        Returns the sequences that received a token this step (some may now be finished;
+        finished ones leave the batch at the start of the next step).
+        """
+        self._evict_finished()
+        stepped: list[Sequence] = []
+        if self.running:
+            self._decode()
+            stepped.extend(self.running)
+        free = self.max_batch_size - len(self.running)
+        if free > 0 and self.waiting:
+            admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            self._prefill(admitted)
+            stepped.extend(admitted)
+        return stepped
+
+    def _decode(self) -> None:
+        ids = self.next_tokens[:, None]  # [B, 1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
+        hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache)
+        self.next_pos = self.next_pos + 1
+        self._sample_and_append(hidden[:, -1], self.running)
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        lengths = [len(s.prompt_ids) for s in seqs]
+        width = max(lengths)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
+            mask[row, width - len(seq.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.config)
+        hidden = self._forward(ids, mask, positions, cache)  # [b, width, d]
+        next_pos = torch.tensor(lengths, device=self.device)
+        tokens = self._sample_and_append(hidden[:, -1], seqs)
+        self._merge(seqs, cache, mask, next_pos, tokens)
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """Decoder stack only: [B, S] ids -> [B, S, d] states after the final norm."""
+        self.forward_passes += 1
+        out = self.decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    # ---- sampling ----------------------------------------------------------------
+    def _sample_and_append(self, latent: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """latent: [B, d] final-norm states; returns the sampled tokens [B] (long)."""
+        logits = self.lm_head(latent).float()  # [B, V]
+        tokens = logits.argmax(dim=-1)
+        for row, seq in enumerate(seqs):
+            if not seq.params.greedy:
+                tokens[row] = _sample_row(logits[row], seq.params, seq.generator)
+        logprobs = None
+        if any(s.params.logprobs is not None for s in seqs):
+            logprobs = torch.log_softmax(logits, dim=-1)
+        token_list = tokens.tolist()
+        latent_cpu = None
+        if any(s.params.capture_latents for s in seqs):
+            latent_cpu = latent.float().cpu()
+        for row, seq in enumerate(seqs):
+            token = token_list[row]
+            seq.output_ids.append(token)
+            if seq.params.capture_latents:
+                seq.latents.append(latent_cpu[row])
+            if seq.params.logprobs is not None:
+                seq.logprobs.append(_token_logprob(logprobs[row], token, seq.params.logprobs))
+            self._check_stop(seq, token)
+        return tokens
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        if seq.finish_reason is not None:
+            return
+        if (token in self.eos_token_ids and not seq.params.ignore_eos) or (
+            token in seq.params.stop_token_ids
+        ):
+            seq.finish_reason = "stop"
+        elif len(seq.output_ids) >= seq.params.max_tokens:
+            seq.finish_reason = "length"
+        elif len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
+            seq.finish_reason = "length"
+
+    # ---- batch bookkeeping ---------------------------------------------------------
+    def _merge(self, seqs, cache, mask, next_pos, tokens) -> None:
+        """Append prefilled rows (cache [b, H, Ln, hd], mask [b, Ln]) to the running batch."""
+        if not self.running:
+            self.cache, self.mask, self.next_pos, self.next_tokens = cache, mask, next_pos, tokens
+            self.running = list(seqs)
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+            old.values = torch.cat(
+                [_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)]
+            )
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        self.next_pos = torch.cat([self.next_pos, next_pos])
+        self.next_tokens = torch.cat([self.next_tokens, tokens])
+        self.running.extend(seqs)
+
+    def _evict_finished(self) -> None:
+        keep = [i for i, s in enumerate(self.running) if not s.finished]
+        if len(keep) == len(self.running):
+            return
+        if not keep:
+            self.reset()
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.running = [self.running[i] for i in keep]
+        self.mask = self.mask[index]
+        # Columns that are padding in every remaining row are dropped.
+        first = int((self.mask.sum(0) > 0).nonzero()[0])
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+        self.next_pos = self.next_pos[index]
+        self.next_tokens = self.next_tokens[index]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
+    """logits: [V] float32. Temperature, then nucleus (top-p) filtering, then one draw."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _token_logprob(logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    top = []
+    if k > 0:
+        values, ids = logprobs.topk(k)
+        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token_id=token, logprob=float(logprobs[token]), top=top)

@@ -1,0 +1,91 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+Every failure path of the HTTP layer ends here: request validation (FastAPI's 422 becomes
+400, as vLLM and SGLang do), our own `APIError`s, Starlette's HTTP errors (404 route,
+405 method) and unexpected exceptions (500, with the request id so logs can be matched).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("latentserve.http")
+
+_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "RequestTooLarge",
+    415: "UnsupportedMediaType",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "Error"),
+            "param": param,
+            "code": status,
+        }
+    }
+
+
+def error_response(status: int, message: str, param=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    # pydantic adds the union member's type name to the path ("str", "list[str]"); drop it
+    loc = [p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int", "list"}]
+    param = ".".join(loc) or None
+    if err.get("type") == "json_invalid":
+        return f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}", None
+    if err.get("type") == "missing" and not loc:
+        return "request body is required", None
+    where = f"{param}: " if param else ""
+    return f"{where}{err['msg']}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(APIError)
+    async def _api(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        rid = getattr(request.state, "request_id", "-")
+        log.exception("unhandled error in request %s", rid)
+        return error_response(500, f"internal error (request id {rid})")

@@ -1,0 +1,329 @@
+"""`POST /v1/completions` and `POST /v1/chat/completions`.
+
+A route validates the request against the server's limits (model name, context length),
+turns it into a program (`latent_ops.program`) with one `Generate` need per prompt and
+choice, submits it to the engine and either waits for the result or streams it as
+Server-Sent Events ending with `data: [DONE]`. A client that disconnects cancels its
+request in the engine. Response shapes follow OpenAI's (see `server/protocol.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from latent_ops.program import Generate, Generation, SamplingParams, plain_generation
+from server.engine.engine import (
+    CancelledError,
+    Delta,
+    Done,
+    EngineDead,
+    Failed,
+    QueueFull,
+    RequestStats,
+)
+from server.errors import APIError, error_body
+from server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ErrorResponse,
+    TopLogprob,
+    Usage,
+    new_id,
+    now,
+)
+
+router = APIRouter()
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
+
+
+# ---- validation and request building ------------------------------------------------
+def _state(request: Request):
+    state = getattr(request.app.state, "server", None)
+    if state is None or not state.engine.alive:
+        raise APIError(503, "the engine is not ready")
+    return state
+
+
+def _check_model(name: str | None, state) -> None:
+    if name is not None and name != state.model_name:
+        raise APIError(404, f"The model `{name}` does not exist.", param="model")
+
+
+def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -> int:
+    """The completion budget for one prompt; 400 when it cannot fit the context."""
+    limit = state.max_model_len
+    if prompt_len == 0:
+        raise APIError(400, "the prompt is empty after tokenization", param=prompt_param)
+    if prompt_len >= limit:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limit} tokens; the prompt has "
+            f"{prompt_len} tokens, leaving no room for a completion.",
+            param=prompt_param,
+        )
+    if max_tokens is None:
+        return limit - prompt_len
+    if prompt_len + max_tokens > limit:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in "
+            f"the completion). Please reduce the prompt or max_tokens.",
+            param="max_tokens",
+        )
+    return max_tokens
+
+
+def _needs(req, prompts: list[list[int]], budgets: list[int], logprobs: int | None):
+    needs = []
+    for i, ids in enumerate(prompts):
+        for j in range(req.n):
+            params = SamplingParams(
+                max_tokens=budgets[i],
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=None if req.seed is None else req.seed + j,
+                stop=req.stop_list(),
+                logprobs=logprobs,
+            )
+            needs.append(Generate(ids, params, stream_index=i * req.n + j if req.stream else None))
+    return needs
+
+
+def _usage(results: list[Generation], prompt_tokens: int) -> Usage:
+    completion = sum(len(r.token_ids) for r in results)
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
+    )
+
+
+# ---- running a program ---------------------------------------------------------------
+@dataclass
+class _Submission:
+    request_id: str
+    events: asyncio.Queue
+    engine: object
+
+
+def _submit(request: Request, state, program, method: str) -> _Submission:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    rid = request.state.request_id
+
+    def sink(event) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    try:
+        state.engine.submit(rid, program, sink, RequestStats(request_id=rid, method=method))
+    except QueueFull as exc:
+        state.metrics.admission_rejections.labels(reason="queue_full").inc()
+        raise APIError(
+            503, f"server is at capacity ({exc}); retry later", headers={"Retry-After": "1"}
+        ) from exc
+    except EngineDead as exc:
+        raise APIError(503, "the engine is not running") from exc
+    return _Submission(rid, events, state.engine)
+
+
+async def _wait(request: Request, sub: _Submission):
+    """Await the program's output; cancel the request if the client goes away."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.events.get(), timeout=0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    sub.engine.cancel(sub.request_id)
+                    raise APIError(499, "client disconnected") from None
+                continue
+            if isinstance(event, Done):
+                return event.output
+            if isinstance(event, Failed):
+                raise _as_api_error(event.error, sub.request_id)
+    except asyncio.CancelledError:
+        sub.engine.cancel(sub.request_id)
+        raise
+
+
+def _as_api_error(error: BaseException, rid: str) -> APIError:
+    if isinstance(error, CancelledError):
+        return APIError(499, "request cancelled")
+    return APIError(500, f"generation failed: {type(error).__name__} (request id {rid})")
+
+
+async def _sse(
+    sub: _Submission, on_event: Callable, on_done: Callable
+) -> AsyncIterator[str]:
+    """Stream chunks built by `on_event(Delta)` and `on_done(output)`; cancel on disconnect."""
+    finished = False
+    try:
+        while True:
+            event = await sub.events.get()
+            if isinstance(event, Delta):
+                for chunk in on_event(event):
+                    yield f"data: {chunk}\n\n"
+            elif isinstance(event, Done):
+                for chunk in on_done(event.output):
+                    yield f"data: {chunk}\n\n"
+                break
+            elif isinstance(event, Failed):
+                err = _as_api_error(event.error, sub.request_id)
+                yield f"data: {json.dumps(error_body(err.status, err.message))}\n\n"
+                break
+        finished = True
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:  # the client went away mid-stream
+            sub.engine.cancel(sub.request_id)
+
+
+def _streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+# ---- /v1/completions -------------------------------------------------------------------
+@router.post("/v1/completions", response_model=CompletionResponse, responses=_ERRORS)
+async def completions(body: CompletionRequest, request: Request):
+    state = _state(request)
+    _check_model(body.model, state)
+    texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    prompts = [state.tokenizer(t)["input_ids"] for t in texts]
+    budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
+    needs = _needs(body, prompts, budgets, body.logprobs)
+    prompt_tokens = sum(len(p) for p in prompts)
+    sub = _submit(request, state, plain_generation(needs), method="none")
+    rid, created, tok = new_id("cmpl"), now(), state.tokenizer
+
+    def choice(i: int, r: Generation) -> CompletionChoice:
+        return CompletionChoice(
+            index=i, text=r.text, finish_reason=r.finish_reason,
+            logprobs=_completion_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
+        )
+
+    if not body.stream:
+        results = await _wait(request, sub)
+        return CompletionResponse(
+            id=rid, created=created, model=state.model_name,
+            choices=[choice(i, r) for i, r in enumerate(results)],
+            usage=_usage(results, prompt_tokens * body.n),
+        )
+
+    def chunk(choices, usage=None) -> str:
+        resp = CompletionResponse(
+            id=rid, created=created, model=state.model_name, choices=choices, usage=usage
+        )
+        return resp.model_dump_json(exclude={"usage"} if usage is None else None)
+
+    def on_event(d: Delta):
+        lp = _completion_logprobs(tok, d.logprobs) if d.logprobs is not None else None
+        yield chunk([CompletionChoice(index=d.index, text=d.text, logprobs=lp)])
+
+    def on_done(results: list[Generation]):
+        for i, r in enumerate(results):
+            yield chunk([CompletionChoice(index=i, text="", finish_reason=r.finish_reason)])
+        if body.stream_options and body.stream_options.include_usage:
+            yield chunk([], usage=_usage(results, prompt_tokens * body.n))
+
+    return _streaming_response(_sse(sub, on_event, on_done))
+
+
+def _completion_logprobs(tok, entries) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for e in entries:
+        out.tokens.append(tok.decode([e.token_id]))
+        out.token_logprobs.append(e.logprob)
+        out.top_logprobs.append({tok.decode([t]): lp for t, lp in e.top})
+    return out
+
+
+# ---- /v1/chat/completions -------------------------------------------------------------
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = _state(request)
+    _check_model(body.model, state)
+    tok = state.tokenizer
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    try:
+        rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - templates reject some role orders
+        raise APIError(400, f"messages cannot be rendered: {exc}", param="messages") from exc
+    ids = tok(rendered, add_special_tokens=False)["input_ids"]
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    budget = _budget(state, len(ids), max_tokens, "messages")
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    needs = _needs(body, [ids], [budget], k)
+    sub = _submit(request, state, plain_generation(needs), method="none")
+    rid, created = new_id("chatcmpl"), now()
+
+    if not body.stream:
+        results = await _wait(request, sub)
+        choices = [
+            ChatChoice(
+                index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason,
+                logprobs=_chat_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
+            )
+            for i, r in enumerate(results)
+        ]
+        return ChatCompletionResponse(
+            id=rid, created=created, model=state.model_name, choices=choices,
+            usage=_usage(results, len(ids) * body.n),
+        )
+
+    started: set[int] = set()
+
+    def chunk(choices, usage=None) -> str:
+        resp = ChatCompletionChunk(
+            id=rid, created=created, model=state.model_name, choices=choices, usage=usage
+        )
+        return resp.model_dump_json(exclude={"usage"} if usage is None else None)
+
+    def on_event(d: Delta):
+        if d.index not in started:
+            started.add(d.index)
+            yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(role="assistant"))])
+        lp = _chat_logprobs(tok, d.logprobs) if d.logprobs is not None else None
+        yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=d.text), logprobs=lp)])
+
+    def on_done(results: list[Generation]):
+        for i, r in enumerate(results):
+            yield chunk(
+                [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=r.finish_reason)]
+            )
+        if body.stream_options and body.stream_options.include_usage:
+            yield chunk([], usage=_usage(results, len(ids) * body.n))
+
+    return _streaming_response(_sse(sub, on_event, on_done))
+
+
+def _chat_logprobs(tok, entries) -> ChatLogprobs:
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=tok.decode([e.token_id]),
+                logprob=e.logprob,
+                top_logprobs=[TopLogprob(token=tok.decode([t]), logprob=lp) for t, lp in e.top],
+            )
+            for e in entries
+        ]
+    )
