@@ -56,7 +56,9 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
     )
     engine = Engine(
-        runner, tok, max_queued_requests=config.max_queued_requests,
+        runner,
+        tok,
+        max_queued_requests=config.max_queued_requests,
         on_finish=metrics.record_request,
     )
     metrics.bind_engine(engine, _device_memory_fn(runner.device, loaded.model))
@@ -167,7 +169,10 @@ def serve(config: ServerConfig) -> int:
         print(f"latentserve: error: {exc}", file=sys.stderr)
         return 1
     uvicorn.run(
-        build_app(config, loaded=loaded), host=config.host, port=config.port,
-        log_level=config.log_level, timeout_graceful_shutdown=30,
+        build_app(config, loaded=loaded),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=30,
     )
     return 0

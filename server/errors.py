@@ -29,6 +29,10 @@ _TYPES = {
 }
 
 
+# Union members that pydantic puts into error locations ("prompt.str"): not fields.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, headers=None):
         super().__init__(message)
@@ -60,7 +64,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     err = errors[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     # pydantic adds the union member's type name to the path ("str", "list[str]"); drop it
-    loc = [p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int", "list"}]
+    loc = [p for p in loc if not any(c in p for c in "[]-") and p not in _TYPE_TAGS]
     param = ".".join(loc) or None
     if err.get("type") == "json_invalid":
         return f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}", None

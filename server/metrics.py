@@ -58,36 +58,56 @@ class Metrics:
             P + "device_memory_used_bytes", "Memory held by the model's device", registry=r
         )
         self.e2e_request_latency = Histogram(
-            P + "e2e_request_latency_seconds", "Arrival to last byte", ["method"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            P + "e2e_request_latency_seconds",
+            "Arrival to last byte",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.time_to_first_token = Histogram(
-            P + "time_to_first_token_seconds", "Arrival to first generated token",
-            buckets=TTFT_BUCKETS, registry=r,
+            P + "time_to_first_token_seconds",
+            "Arrival to first generated token",
+            buckets=TTFT_BUCKETS,
+            registry=r,
         )
         self.request_queue_time = Histogram(
-            P + "request_queue_time_seconds", "Arrival to first batch slot",
-            buckets=LATENCY_BUCKETS, registry=r,
+            P + "request_queue_time_seconds",
+            "Arrival to first batch slot",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.refinement_duration = Histogram(
-            P + "refinement_duration_seconds", "Time spent refining", ["method"],
-            buckets=REFINE_BUCKETS, registry=r,
+            P + "refinement_duration_seconds",
+            "Time spent refining",
+            ["method"],
+            buckets=REFINE_BUCKETS,
+            registry=r,
         )
         self.refinement_steps = Histogram(
-            P + "refinement_steps", "Refinement iterations per request", ["method"],
-            buckets=STEP_BUCKETS, registry=r,
+            P + "refinement_steps",
+            "Refinement iterations per request",
+            ["method"],
+            buckets=STEP_BUCKETS,
+            registry=r,
         )
         self.reward_gain = Histogram(
-            P + "reward_gain", "Final minus initial reward", ["method"],
-            buckets=GAIN_BUCKETS, registry=r,
+            P + "reward_gain",
+            "Final minus initial reward",
+            ["method"],
+            buckets=GAIN_BUCKETS,
+            registry=r,
         )
         self.latent_update = Histogram(
-            P + "latent_update_seconds", "One batched latent update",
-            buckets=UPDATE_BUCKETS, registry=r,
+            P + "latent_update_seconds",
+            "One batched latent update",
+            buckets=UPDATE_BUCKETS,
+            registry=r,
         )
         self.latent_update_batch_rows = Histogram(
-            P + "latent_update_batch_rows", "Latent rows per batched update",
-            buckets=ROW_BUCKETS, registry=r,
+            P + "latent_update_batch_rows",
+            "Latent rows per batched update",
+            buckets=ROW_BUCKETS,
+            registry=r,
         )
 
     def bind_engine(self, engine, device_memory) -> None:

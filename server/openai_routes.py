@@ -170,9 +170,7 @@ def _as_api_error(error: BaseException, rid: str) -> APIError:
     return APIError(500, f"generation failed: {type(error).__name__} (request id {rid})")
 
 
-async def _sse(
-    sub: _Submission, on_event: Callable, on_done: Callable
-) -> AsyncIterator[str]:
+async def _sse(sub: _Submission, on_event: Callable, on_done: Callable) -> AsyncIterator[str]:
     """Stream chunks built by `on_event(Delta)` and `on_done(output)`; cancel on disconnect."""
     finished = False
     try:
@@ -217,14 +215,18 @@ async def completions(body: CompletionRequest, request: Request):
 
     def choice(i: int, r: Generation) -> CompletionChoice:
         return CompletionChoice(
-            index=i, text=r.text, finish_reason=r.finish_reason,
+            index=i,
+            text=r.text,
+            finish_reason=r.finish_reason,
             logprobs=_completion_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
         )
 
     if not body.stream:
         results = await _wait(request, sub)
         return CompletionResponse(
-            id=rid, created=created, model=state.model_name,
+            id=rid,
+            created=created,
+            model=state.model_name,
             choices=[choice(i, r) for i, r in enumerate(results)],
             usage=_usage(results, prompt_tokens * body.n),
         )
@@ -280,13 +282,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         results = await _wait(request, sub)
         choices = [
             ChatChoice(
-                index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason,
+                index=i,
+                message=AssistantMessage(content=r.text),
+                finish_reason=r.finish_reason,
                 logprobs=_chat_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
             )
             for i, r in enumerate(results)
         ]
         return ChatCompletionResponse(
-            id=rid, created=created, model=state.model_name, choices=choices,
+            id=rid,
+            created=created,
+            model=state.model_name,
+            choices=choices,
             usage=_usage(results, len(ids) * body.n),
         )
 
@@ -303,7 +310,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             started.add(d.index)
             yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(role="assistant"))])
         lp = _chat_logprobs(tok, d.logprobs) if d.logprobs is not None else None
-        yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(content=d.text), logprobs=lp)])
+        yield chunk(
+            [ChatChunkChoice(index=d.index, delta=DeltaMessage(content=d.text), logprobs=lp)]
+        )
 
     def on_done(results: list[Generation]):
         for i, r in enumerate(results):

@@ -39,9 +39,11 @@ class _SamplingRequest(_Strict):
     top_p: FiniteFloat = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: Annotated[str, Field(min_length=1, max_length=256)] | Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)
-    ] | None = None
+    stop: (
+        Annotated[str, Field(min_length=1, max_length=256)]
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)]
+        | None
+    ) = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -54,9 +56,10 @@ class _SamplingRequest(_Strict):
 
 
 class CompletionRequest(_SamplingRequest):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[
-        list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)
-    ]
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)]
+    )
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
 

@@ -141,7 +141,7 @@ class ModelRunner:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
         hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache)
         self.next_pos = self.next_pos + 1
-        self._sample_and_append(hidden[:, -1], self.running)
+        self.next_tokens = self._sample_and_append(hidden[:, -1], self.running)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         lengths = [len(s.prompt_ids) for s in seqs]

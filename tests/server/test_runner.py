@@ -1,0 +1,143 @@
+"""The batched runner against transformers' own generate and forward pass (tiny model)."""
+
+import pytest
+import torch
+
+from latent_ops.program import SamplingParams
+from server.engine.runner import ModelRunner, Sequence
+from tests.tiny import build_model, build_tokenizer
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog",
+    "x",
+    "Hello there, how are you today?",
+    "12 + 30 =",
+    "A much longer prompt that goes on for a while, so padding differs a lot here.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build_model(len(tok), seed=0)
+
+
+def _generate(model, ids, max_new):
+    t = torch.tensor([ids])
+    out = model.generate(
+        t,
+        attention_mask=torch.ones_like(t),
+        do_sample=False,
+        max_new_tokens=max_new,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+def _run(runner, seqs, join_at):
+    """Add seqs[i] at engine step join_at[i]; step until all finish."""
+    step = 0
+    pending = sorted(zip(join_at, range(len(seqs))))
+    while pending or runner.has_work:
+        while pending and pending[0][0] <= step:
+            runner.add(seqs[pending.pop(0)[1]])
+        runner.step()
+        step += 1
+
+
+def test_greedy_alone_equals_generate(model, tok):
+    ids = tok(PROMPTS[0])["input_ids"]
+    runner = ModelRunner(model, max_batch_size=1, eos_token_ids={2})
+    seq = Sequence(0, ids, SamplingParams(max_tokens=24))
+    _run(runner, [seq], [0])
+    assert seq.output_ids == _generate(model, ids, 24)
+
+
+def test_greedy_in_mixed_batch_with_joins_and_leaves(model, tok):
+    runner = ModelRunner(model, max_batch_size=3, eos_token_ids={2})
+    lengths = [24, 7, 30, 3, 18]  # different max_tokens: rows leave at different steps
+    seqs = [
+        Sequence(i, tok(p)["input_ids"], SamplingParams(max_tokens=n, capture_latents=True))
+        for i, (p, n) in enumerate(zip(PROMPTS, lengths))
+    ]
+    _run(runner, seqs, join_at=[0, 0, 2, 5, 6])  # batch of 3 forces waiting, too
+    for seq, n in zip(seqs, lengths):
+        assert seq.output_ids == _generate(model, seq.prompt_ids, n)
+        assert n < 5 or len(set(seq.output_ids)) > 2  # a model that repeats hides bugs
+        # latents: final-norm states at the positions that produced each output token
+        full = torch.tensor([seq.prompt_ids + seq.output_ids[:-1]])
+        with torch.no_grad():
+            ref = model.model(full).last_hidden_state[0, len(seq.prompt_ids) - 1 :]
+        torch.testing.assert_close(seq.latents_tensor(), ref, rtol=1e-4, atol=1e-5)
+        assert seq.finish_reason == "length"
+    assert runner.cache is None and not runner.running  # everything left the batch
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(model, tok):
+    ids = tok(PROMPTS[2])["input_ids"]
+
+    def sample(seed, neighbours):
+        runner = ModelRunner(model, max_batch_size=4, eos_token_ids=set())
+        seqs = [Sequence(0, ids, SamplingParams(max_tokens=20, temperature=1.5, seed=seed))]
+        seqs += [
+            Sequence(i + 1, tok(p)["input_ids"], SamplingParams(max_tokens=5))
+            for i, p in enumerate(PROMPTS[:neighbours])
+        ]
+        _run(runner, seqs, [0] * len(seqs))
+        return seqs[0].output_ids
+
+    first = sample(7, 0)
+    assert sample(7, 3) == first  # same seed, other rows in the batch: same tokens
+    assert sample(8, 0) != first
+
+
+def test_top_p_tiny_keeps_only_the_argmax(model, tok):
+    ids = tok(PROMPTS[3])["input_ids"]
+    runner = ModelRunner(model, max_batch_size=2, eos_token_ids={2})
+    seq = Sequence(0, ids, SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=3))
+    _run(runner, [seq], [0])
+    assert seq.output_ids == _generate(model, ids, 12)
+
+
+def test_stop_token_and_logprobs(model, tok):
+    ids = tok(PROMPTS[0])["input_ids"]
+    greedy = _generate(model, ids, 10)
+    stop_token = greedy[4]
+    runner = ModelRunner(model, max_batch_size=2, eos_token_ids={2})
+    seq = Sequence(0, ids, SamplingParams(max_tokens=10, stop_token_ids=[stop_token], logprobs=3))
+    _run(runner, [seq], [0])
+    first = greedy.index(stop_token)
+    assert seq.output_ids == greedy[: first + 1]  # the stop token is kept in token ids
+    assert seq.finish_reason == "stop"
+    assert len(seq.logprobs) == len(seq.output_ids)
+    for entry, token in zip(seq.logprobs, seq.output_ids):
+        assert entry.token_id == token and entry.top[0][0] == token  # greedy = top-1
+        assert len(entry.top) == 3 and entry.logprob <= 0
+
+
+def test_abort_leaves_neighbours_unchanged(model, tok):
+    runner = ModelRunner(model, max_batch_size=4, eos_token_ids={2})
+    a = Sequence(0, tok(PROMPTS[0])["input_ids"], SamplingParams(max_tokens=16))
+    b = Sequence(1, tok(PROMPTS[4])["input_ids"], SamplingParams(max_tokens=16))
+    runner.add(a)
+    runner.add(b)
+    for _ in range(4):
+        runner.step()
+    runner.abort(b)
+    while runner.has_work:
+        runner.step()
+    assert b.finish_reason == "abort" and len(b.output_ids) < 16
+    assert a.output_ids == _generate(model, a.prompt_ids, 16)
+
+
+def test_context_limit_ends_with_length(model, tok):
+    ids = tok(PROMPTS[0])["input_ids"]
+    runner = ModelRunner(model, max_batch_size=1, max_model_len=len(ids) + 3, eos_token_ids=set())
+    seq = Sequence(0, ids, SamplingParams(max_tokens=50))
+    _run(runner, [seq], [0])
+    assert len(seq.output_ids) == 3 and seq.finish_reason == "length"

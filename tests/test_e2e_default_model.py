@@ -1,0 +1,105 @@
+"""End to end on the real default model (SmolLM2-135M-Instruct from its GGUF), over HTTP."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import torch
+
+from server.app import build_app
+from server.config import ServerConfig
+from server.engine.loader import DEFAULT_MODEL_NAME, load_model, resolve_model_dir
+from tests.live_server import LiveServer
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "What is 12 + 30?",
+    "Name a colour of the sky.",
+    "Write one word that rhymes with cat.",
+    "If I have 3 apples and eat one, how many are left?",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model("default", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def live(loaded):
+    config = ServerConfig(model="default", max_batch_size=4)
+    with LiveServer(build_app(config, loaded=loaded)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=300)
+
+
+def test_conversion_is_cached(loaded):
+    start = time.monotonic()
+    path, name = resolve_model_dir("default", show_progress=False)
+    assert time.monotonic() - start < 1.0  # no second conversion
+    assert name == DEFAULT_MODEL_NAME and (path / "model.safetensors").is_file()
+    cfg = loaded.model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (576, 30, 49152)
+
+
+def test_chat_greedy_equals_transformers_generate(client, loaded):
+    messages = [{"role": "user", "content": QUESTIONS[0]}]
+    resp = client.chat.completions.create(
+        model=DEFAULT_MODEL_NAME, messages=messages, max_tokens=24, temperature=0
+    )
+    tok, model = loaded.tokenizer, loaded.model
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=24,
+            pad_token_id=tok.pad_token_id,
+        )
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert resp.choices[0].message.content == expected
+    assert resp.choices[0].message.content.strip()
+    assert resp.usage.prompt_tokens == ids.shape[1]
+
+
+def test_concurrent_requests_batch_and_match_solo(client):
+    def ask(q):
+        return (
+            client.chat.completions.create(
+                model=DEFAULT_MODEL_NAME,
+                messages=[{"role": "user", "content": q}],
+                max_tokens=16,
+                temperature=0,
+            )
+            .choices[0]
+            .message.content
+        )
+
+    solo = [ask(q) for q in QUESTIONS]
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        together = list(pool.map(ask, QUESTIONS))
+    assert together == solo
+
+
+def test_streaming_chat(client):
+    kwargs = dict(
+        model=DEFAULT_MODEL_NAME,
+        messages=[{"role": "user", "content": QUESTIONS[1]}],
+        max_tokens=16,
+        temperature=0,
+    )
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    parts = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(stream=True, **kwargs)
+        if c.choices
+    ]
+    assert "".join(parts) == whole and len(parts) > 2
