@@ -1,0 +1,1 @@
+"""Command-line tools that sit beside the server: benchmarks and, later, evaluation."""
