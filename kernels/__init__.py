@@ -1,9 +1,42 @@
 """Tensor ops for latent refinement: the batched latent policy-gradient update.
 
-Imports torch (and triton, lazily, on CUDA) only; never `latent_ops` or `server`.
+`latent_pg_step` is the one call the LatentSeek engine makes per step for the latent rows
+of all refining requests. `impl`: "auto" (Triton on CUDA once the kernel lands, torch
+elsewhere), "torch" (closed form, chunked over V: `kernels/reference.py`).
+
+Imports torch only; never `latent_ops` or `server`.
 
 Name clash note: Hugging Face's hub library is also imported as `kernels`, and
 transformers probes for it (`is_kernels_available`). Ours is not taken for it because the
 probe requires a distribution version in [0.17, 0.18) and ours is latentserve's (0.1.x),
 and because this module defines no `__version__`; `tests/test_packaging.py` checks both.
 """
+
+from __future__ import annotations
+
+
+def latent_pg_step(
+    z,
+    weight,
+    reward,
+    lr,
+    exp_avg,
+    exp_avg_sq,
+    step,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    impl: str = "auto",
+):
+    """Adam step on -reward * log softmax(W z)[argmax] per row; returns argmax(W z_new).
+
+    z, exp_avg, exp_avg_sq: [N, d] float32, updated in place. weight: [V, d] LM head.
+    reward, lr: [N] float32. step: [N] int64 (>= 1, for bias correction). Returns [N] int64.
+    """
+    from kernels.reference import latent_pg_step_torch
+
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"unknown latent_pg_step impl {impl!r} (available: auto, torch)")
+    return latent_pg_step_torch(
+        z, weight, reward, lr, exp_avg, exp_avg_sq, step, beta1=beta1, beta2=beta2, eps=eps
+    )
