@@ -31,10 +31,11 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k >= 0: the chosen token's plus top-k
     capture_latents: bool = False  # keep the final-norm state that produced each token
+    deadline: float | None = None  # time.monotonic(); decoding stops there ("deadline")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < 1e-5  # as vLLM: tinier temperatures overflow the softmax
 
 
 @dataclass
@@ -56,6 +57,10 @@ class Generate:
     prompt_ids: list[int]
     params: SamplingParams
     stream_index: int | None = None
+    # Tokens that count as already generated (LatentSeek's optimised prefix): they are
+    # prefilled after the prompt, count toward max_tokens, and lead the result's tokens
+    # and text. A prefix that holds a stop token, or fills max_tokens, decodes nothing.
+    prefix_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -69,16 +74,16 @@ class Generation:
 
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | "length" | "abort" | "deadline"
     prompt_tokens: int
     latents: Any = None
     logprobs: list[TokenLogprob] | None = None
 
 
-Need = Generate
-Result = Generation
-# yields list[Need], is sent list[Result], returns the request's output
-Program = Generator[list[Need], list[Result], Any]
+# A need is a Generate or a latent update (latent_ops.latentseek.LatentUpdate); the
+# engine answers a Generate with a Generation and a LatentUpdate with a token tensor.
+# yields list[need], is sent list[result], returns the request's output
+Program = Generator[list[Any], list[Any], Any]
 
 
 def plain_generation(needs: list[Generate]) -> Program:

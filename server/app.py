@@ -60,6 +60,7 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         tok,
         max_queued_requests=config.max_queued_requests,
         on_finish=metrics.record_request,
+        on_latent_update=metrics.record_latent_update,
     )
     metrics.bind_engine(engine, _device_memory_fn(runner.device, loaded.model))
     engine.start()

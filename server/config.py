@@ -46,6 +46,12 @@ class ServerConfig(BaseModel):
         description="require 'Authorization: Bearer KEY' on /v1/* (env LATENTSERVE_API_KEY)",
         json_schema_extra={"env": "LATENTSERVE_API_KEY"},
     )
+    max_refinement_steps: int = Field(
+        50, ge=0, description="largest latent.max_steps a request may ask for"
+    )
+    max_time_budget_ms: float = Field(
+        600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log verbosity"
     )

@@ -134,6 +134,23 @@ class Metrics:
             self.time_to_first_token.observe(stats.first_token - stats.arrival)
         if stats.scheduled is not None:
             self.request_queue_time.observe(stats.scheduled - stats.arrival)
+        info = stats.refinement
+        if info is not None:
+            method = info["method"]
+            self.refinement_tokens.labels(method=method).inc(stats.refinement_tokens)
+            self.refinement_stop.labels(method=method, reason=info["stopped_reason"]).inc()
+            self.refinement_duration.labels(method=method).observe(
+                info["refinement_time_ms"] / 1000
+            )
+            self.refinement_steps.labels(method=method).observe(info["steps"])
+            if info["initial_reward"] is not None and info["final_reward"] is not None:
+                self.reward_gain.labels(method=method).observe(
+                    info["final_reward"] - info["initial_reward"]
+                )
+
+    def record_latent_update(self, seconds: float, rows: int) -> None:
+        self.latent_update.observe(seconds)
+        self.latent_update_batch_rows.observe(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

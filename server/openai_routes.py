@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from latent_ops.program import Generate, Generation, SamplingParams, plain_generation
+from latent_ops.program import Generation
 from server.engine.engine import (
     CancelledError,
     Delta,
@@ -48,6 +49,7 @@ from server.protocol import (
     new_id,
     now,
 )
+from server.refinement import build_program
 
 router = APIRouter()
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
@@ -91,29 +93,25 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
     return max_tokens
 
 
-def _needs(req, prompts: list[list[int]], budgets: list[int], logprobs: int | None):
-    needs = []
-    for i, ids in enumerate(prompts):
-        for j in range(req.n):
-            params = SamplingParams(
-                max_tokens=budgets[i],
-                temperature=req.temperature,
-                top_p=req.top_p,
-                seed=None if req.seed is None else req.seed + j,
-                stop=req.stop_list(),
-                logprobs=logprobs,
-            )
-            needs.append(Generate(ids, params, stream_index=i * req.n + j if req.stream else None))
-    return needs
+def _unpack(output) -> tuple[list[Generation], dict | None, int]:
+    """A program's output as (choices, latent summary or None, refinement tokens)."""
+    if isinstance(output, list):
+        return output, None, 0
+    return [output.generation], output.summary(), output.refinement_tokens
 
 
-def _usage(results: list[Generation], prompt_tokens: int) -> Usage:
+def _usage(results: list[Generation], prompt_tokens: int, refinement_tokens: int = 0) -> Usage:
     completion = sum(len(r.token_ids) for r in results)
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
+        refinement_tokens=refinement_tokens,
     )
+
+
+def _finish_reason(r: Generation) -> str:
+    return "length" if r.finish_reason == "deadline" else r.finish_reason  # cut short
 
 
 # ---- running a program ---------------------------------------------------------------
@@ -127,7 +125,8 @@ class _Submission:
 def _submit(request: Request, state, program, method: str) -> _Submission:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
-    rid = request.state.request_id
+    # The engine keys requests by an id we make: a client's x-request-id need not be unique.
+    rid = f"{request.state.request_id}-{uuid.uuid4().hex[:8]}"
 
     def sink(event) -> None:
         loop.call_soon_threadsafe(events.put_nowait, event)
@@ -206,46 +205,61 @@ async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
     _check_model(body.model, state)
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    prompts = [state.tokenizer(t)["input_ids"] for t in texts]
+    prompts = await asyncio.to_thread(lambda: [state.tokenizer(t)["input_ids"] for t in texts])
     budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
-    needs = _needs(body, prompts, budgets, body.logprobs)
+    program, method = build_program(body, state.config, prompts, texts, budgets, body.logprobs)
     prompt_tokens = sum(len(p) for p in prompts)
-    sub = _submit(request, state, plain_generation(needs), method="none")
+    sub = _submit(request, state, program, method=method)
     rid, created, tok = new_id("cmpl"), now(), state.tokenizer
 
-    def choice(i: int, r: Generation) -> CompletionChoice:
+    def choice(i: int, r: Generation, text: str | None = None, finish=True) -> CompletionChoice:
         return CompletionChoice(
             index=i,
-            text=r.text,
-            finish_reason=r.finish_reason,
+            text=r.text if text is None else text,
+            finish_reason=_finish_reason(r) if finish else None,
             logprobs=_completion_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
         )
 
     if not body.stream:
-        results = await _wait(request, sub)
+        results, latent, refinement = _unpack(await _wait(request, sub))
         return CompletionResponse(
             id=rid,
             created=created,
             model=state.model_name,
             choices=[choice(i, r) for i, r in enumerate(results)],
-            usage=_usage(results, prompt_tokens * body.n),
+            usage=_usage(results, prompt_tokens, refinement),
+            latent=latent,
         )
 
-    def chunk(choices, usage=None) -> str:
+    def chunk(choices, usage=None, latent=None) -> str:
         resp = CompletionResponse(
-            id=rid, created=created, model=state.model_name, choices=choices, usage=usage
+            id=rid,
+            created=created,
+            model=state.model_name,
+            choices=choices,
+            usage=usage,
+            latent=latent,
         )
-        return resp.model_dump_json(exclude={"usage"} if usage is None else None)
+        return resp.model_dump_json(
+            exclude={"usage", "latent"}
+            - ({"usage"} if usage else set())
+            - ({"latent"} if latent else set())
+        )
 
     def on_event(d: Delta):
         lp = _completion_logprobs(tok, d.logprobs) if d.logprobs is not None else None
         yield chunk([CompletionChoice(index=d.index, text=d.text, logprobs=lp)])
 
-    def on_done(results: list[Generation]):
+    def on_done(output):
+        results, latent, refinement = _unpack(output)
         for i, r in enumerate(results):
-            yield chunk([CompletionChoice(index=i, text="", finish_reason=r.finish_reason)])
+            if latent is not None:  # refined: the answer streams once refinement ends
+                yield chunk([choice(i, r, finish=False)])
+            yield chunk(
+                [CompletionChoice(index=i, text="", finish_reason=_finish_reason(r))], latent=latent
+            )
         if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(results, prompt_tokens * body.n))
+            yield chunk([], usage=_usage(results, prompt_tokens, refinement))
 
     return _streaming_response(_sse(sub, on_event, on_done))
 
@@ -270,21 +284,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # noqa: BLE001 - templates reject some role orders
         raise APIError(400, f"messages cannot be rendered: {exc}", param="messages") from exc
-    ids = tok(rendered, add_special_tokens=False)["input_ids"]
+    ids = await asyncio.to_thread(lambda: tok(rendered, add_special_tokens=False)["input_ids"])
     max_tokens = body.max_completion_tokens or body.max_tokens
     budget = _budget(state, len(ids), max_tokens, "messages")
     k = (body.top_logprobs or 0) if body.logprobs else None
-    needs = _needs(body, [ids], [budget], k)
-    sub = _submit(request, state, plain_generation(needs), method="none")
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), rendered)
+    program, method = build_program(body, state.config, [ids], [question], [budget], k)
+    sub = _submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()
 
     if not body.stream:
-        results = await _wait(request, sub)
+        results, latent, refinement = _unpack(await _wait(request, sub))
         choices = [
             ChatChoice(
                 index=i,
                 message=AssistantMessage(content=r.text),
-                finish_reason=r.finish_reason,
+                finish_reason=_finish_reason(r),
                 logprobs=_chat_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
             )
             for i, r in enumerate(results)
@@ -294,33 +309,48 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             created=created,
             model=state.model_name,
             choices=choices,
-            usage=_usage(results, len(ids) * body.n),
+            usage=_usage(results, len(ids), refinement),
+            latent=latent,
         )
 
     started: set[int] = set()
 
-    def chunk(choices, usage=None) -> str:
+    def chunk(choices, usage=None, latent=None) -> str:
         resp = ChatCompletionChunk(
-            id=rid, created=created, model=state.model_name, choices=choices, usage=usage
+            id=rid,
+            created=created,
+            model=state.model_name,
+            choices=choices,
+            usage=usage,
+            latent=latent,
         )
-        return resp.model_dump_json(exclude={"usage"} if usage is None else None)
+        return resp.model_dump_json(
+            exclude={"usage", "latent"}
+            - ({"usage"} if usage else set())
+            - ({"latent"} if latent else set())
+        )
+
+    def delta(index: int, text: str, lp=None):
+        if index not in started:
+            started.add(index)
+            yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant"))])
+        yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=text), logprobs=lp)])
 
     def on_event(d: Delta):
-        if d.index not in started:
-            started.add(d.index)
-            yield chunk([ChatChunkChoice(index=d.index, delta=DeltaMessage(role="assistant"))])
         lp = _chat_logprobs(tok, d.logprobs) if d.logprobs is not None else None
-        yield chunk(
-            [ChatChunkChoice(index=d.index, delta=DeltaMessage(content=d.text), logprobs=lp)]
-        )
+        yield from delta(d.index, d.text, lp)
 
-    def on_done(results: list[Generation]):
+    def on_done(output):
+        results, latent, refinement = _unpack(output)
         for i, r in enumerate(results):
+            if latent is not None:  # refined: the answer streams once refinement ends
+                yield from delta(i, r.text)
             yield chunk(
-                [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=r.finish_reason)]
+                [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=_finish_reason(r))],
+                latent=latent,
             )
         if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(results, len(ids) * body.n))
+            yield chunk([], usage=_usage(results, len(ids), refinement))
 
     return _streaming_response(_sse(sub, on_event, on_done))
 

@@ -26,11 +26,35 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class ReferenceRewardSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["reference"]
+    reference_answer: str = Field(min_length=1, max_length=256)
+
+
+class RegexRewardSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["regex"]
+    pattern: str = Field(min_length=1, max_length=512)
+
+
+RewardSpec = Annotated[ReferenceRewardSpec | RegexRewardSpec, Field(discriminator="type")]
+
+
 class LatentSpec(BaseModel):
-    """Per-request refinement. Only `none` (plain generation) is served so far."""
+    """Per-request refinement (`none` or `latentseek` so far). Unset fields take the
+    method's defaults (`latent_ops.latentseek.LatentSeekConfig`); server flags cap them."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    method: Literal["none"] = "none"
+    method: Literal["none", "latentseek"] = "none"
+    max_steps: int | None = Field(None, ge=0)
+    lr: FiniteFloat | None = Field(None, gt=0.0, le=10.0)
+    fraction: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
+    max_update_tokens: int | None = Field(None, ge=1)
+    threshold: FiniteFloat | None = None
+    select: Literal["best", "last"] | None = None
+    time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
+    reward: RewardSpec | None = None
 
 
 class _SamplingRequest(_Strict):
@@ -119,6 +143,17 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
 
 
+class LatentSummary(BaseModel):
+    method: str
+    steps: int
+    stopped_reason: str
+    initial_reward: float | None = None
+    final_reward: float | None = None
+    reward_history: list[float] = Field(default_factory=list)
+    update_tokens: int = 0
+    refinement_time_ms: float = 0.0
+
+
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -126,6 +161,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    latent: LatentSummary | None = None
 
 
 class TopLogprob(BaseModel):
@@ -162,6 +198,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    latent: LatentSummary | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -183,6 +220,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    latent: LatentSummary | None = None
 
 
 class ModelCard(BaseModel):

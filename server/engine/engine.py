@@ -27,9 +27,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
+from latent_ops.latentseek import LatentUpdate
 from latent_ops.program import Generate, Generation, Program
 from server.engine.runner import ModelRunner, Sequence
 
@@ -74,6 +77,8 @@ class RequestStats:
     finished: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    refinement_tokens: int = 0
+    refinement: dict | None = None  # the `latent` summary of a refined request
     outcome: str = "pending"  # "stop" | "length" | "abort" | "cancelled" | "error"
 
 
@@ -83,10 +88,12 @@ class _Request:
     program: Program
     sink: Callable[[Any], None]
     stats: RequestStats
-    pending: list[tuple[Sequence, Generate]] = field(default_factory=list)
+    needs: list = field(default_factory=list)  # the program's current needs
+    results: list = field(default_factory=list)  # one slot per need
+    remaining: int = 0  # unfilled slots
+    seqs: dict[int, tuple[Sequence, int]] = field(default_factory=dict)  # seq_id -> (seq, slot)
     detok: dict[int, _Detok] = field(default_factory=dict)
     started: bool = False
-    cancelled: bool = False
 
 
 @dataclass
@@ -94,6 +101,7 @@ class _Detok:
     """Incremental detokenization and stop-string matching for one sequence."""
 
     stop: list[str]
+    prefix_ids: list[int] = field(default_factory=list)  # forced tokens leading the output
     text: str = ""
     emitted: int = 0  # chars of `text` already streamed
     emitted_tokens: int = 0
@@ -106,16 +114,23 @@ class Engine:
         tokenizer,
         max_queued_requests: int = 64,
         on_finish: Callable[[RequestStats], None] | None = None,
+        on_latent_update: Callable[[float, int], None] | None = None,
+        latent_impl: str = "auto",
     ):
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_queued_requests = max_queued_requests
         self.on_finish = on_finish
+        self.on_latent_update = on_latent_update  # (seconds, rows) per batched update
+        self.latent_impl = latent_impl
+        self._updates: list[tuple[_Request, int, LatentUpdate]] = []  # pending, all requests
+        self._ready: list[_Request] = []  # every need met: advance the program
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._owner: dict[int, _Request] = {}  # runner seq_id -> its request
+        self._eos = set(runner.eos_token_ids)
         self._waiting = 0  # submitted, no sequence admitted yet (read from other threads)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -143,7 +158,7 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self._requests) - self._waiting if self._requests else 0
+        return max(0, len(self._requests) - self._waiting)
 
     def submit(self, request_id: str, program: Program, sink, stats: RequestStats) -> None:
         """Queue a request or raise QueueFull / EngineDead at once."""
@@ -166,6 +181,7 @@ class Engine:
         try:
             while not self._stop:
                 self._drain_inbox()
+                self._pump()
                 if not self.runner.has_work:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
@@ -174,6 +190,13 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - the engine must report, not vanish
             log.exception("engine loop died")
             self.error = exc
+            while True:  # nothing is left hanging: queued submissions fail too
+                try:
+                    kind, item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "submit":
+                    self._requests[item.request_id] = item
             for req in list(self._requests.values()):
                 self._fail(req, exc)
 
@@ -189,13 +212,14 @@ class Engine:
             elif kind == "cancel":
                 req = self._requests.get(item)
                 if req is not None:
-                    req.cancelled = True
                     req.stats.outcome = "cancelled"
-                    for seq, _ in req.pending:
-                        self.runner.abort(seq)
                     self._finish(req, Failed(CancelledError(item)))
 
     def _step(self) -> None:
+        now = time.monotonic()
+        for seq in self.runner.running:
+            if seq.params.deadline is not None and now >= seq.params.deadline:
+                self.runner.finish(seq, "deadline")
         try:
             stepped = self.runner.step()
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its own requests only
@@ -203,12 +227,10 @@ class Engine:
             self._fail_batch(exc)
             return
         now = time.monotonic()
-        touched: dict[str, _Request] = {}
         for seq in stepped:
             req = self._owner.get(seq.seq_id)
             if req is None:
                 continue
-            touched[req.request_id] = req
             if not req.started:
                 req.started = True
                 req.stats.scheduled = now
@@ -217,51 +239,150 @@ class Engine:
             if req.stats.first_token is None:
                 req.stats.first_token = now
             self._detokenize(req, seq)
-        for req in touched.values():
-            if all(seq.finished for seq, _ in req.pending):
-                results = [self._result(seq, req) for seq, _ in req.pending]
-                for seq, _ in req.pending:
-                    self._owner.pop(seq.seq_id, None)
-                req.pending = []
-                self._advance(req, results)
+            if seq.finished:
+                self._owner.pop(seq.seq_id, None)
+                _, slot = req.seqs.pop(seq.seq_id)
+                self._resolve(req, slot, self._result(seq, req.detok.pop(seq.seq_id)))
 
-    def _advance(self, req: _Request, results: list[Generation] | None) -> None:
+    def _pump(self) -> None:
+        """Run batched latent updates and advance programs until all wait on the runner."""
+        while self._ready or self._updates:
+            if self._updates:
+                self._run_latent_updates()
+            ready, self._ready = self._ready, []
+            for req in ready:
+                if req.request_id in self._requests:
+                    self._advance(req, req.results)
+
+    def _run_latent_updates(self) -> None:
+        """One `kernels.latent_pg_step` call for the latent rows of every waiting request."""
+        batch, self._updates = self._updates, []
+        batch = [(req, slot, u) for req, slot, u in batch if req.request_id in self._requests]
+        if not batch:
+            return
+        try:
+            self._latent_update_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - a failed update fails its requests only
+            log.exception("latent update failed")
+            for req, _, _ in batch:
+                self._fail(req, exc)
+
+    def _latent_update_batch(self, batch) -> None:
+        from kernels import latent_pg_step
+
+        weight = self.runner.lm_head.weight
+        device = weight.device
+        sizes = [u.z.shape[0] for _, _, u in batch]
+
+        def cat(get):
+            return torch.cat([get(u).to(device) for _, _, u in batch])
+
+        def per_row(get, dtype):
+            return torch.cat(
+                [torch.full((n,), get(u), dtype=dtype) for (_, _, u), n in zip(batch, sizes)]
+            ).to(device)
+
+        z, m, v = cat(lambda u: u.z), cat(lambda u: u.exp_avg), cat(lambda u: u.exp_avg_sq)
+        start = time.perf_counter()
+        tokens = latent_pg_step(
+            z,
+            weight,
+            per_row(lambda u: u.reward, torch.float32),
+            per_row(lambda u: u.lr, torch.float32),
+            m,
+            v,
+            per_row(lambda u: u.step, torch.long),
+            impl=self.latent_impl,
+        )
+        if self.on_latent_update is not None:
+            self.on_latent_update(time.perf_counter() - start, z.shape[0])
+        for (req, slot, u), zs, ms, vs, ts in zip(
+            batch, z.split(sizes), m.split(sizes), v.split(sizes), tokens.cpu().split(sizes)
+        ):
+            u.z.copy_(zs)
+            u.exp_avg.copy_(ms)
+            u.exp_avg_sq.copy_(vs)
+            self._resolve(req, slot, ts)
+
+    def _resolve(self, req: _Request, slot: int, result) -> None:
+        req.results[slot] = result
+        req.remaining -= 1
+        if req.remaining == 0:
+            self._ready.append(req)
+
+    def _advance(self, req: _Request, results: list | None) -> None:
         """Send results into the program; queue its next needs or finish it."""
         try:
             needs = req.program.send(results)
         except StopIteration as stop:
-            if results:
-                req.stats.outcome = results[0].finish_reason
             self._finish(req, Done(stop.value))
             return
         except Exception as exc:  # noqa: BLE001 - a program error fails its request only
             log.exception("program of %s failed", req.request_id)
             self._fail(req, exc)
             return
-        for need in needs:
-            seq = Sequence(next(self._seq_ids), list(need.prompt_ids), need.params)
-            req.pending.append((seq, need))
-            req.detok[seq.seq_id] = _Detok(stop=list(need.params.stop))
-            req.stats.prompt_tokens += len(need.prompt_ids)
-            self._owner[seq.seq_id] = req
-            self.runner.add(seq)
+        try:
+            if not needs:
+                raise RuntimeError("a program yielded no needs")
+            req.needs, req.results, req.remaining = needs, [None] * len(needs), len(needs)
+            for slot, need in enumerate(needs):
+                if isinstance(need, LatentUpdate):
+                    self._updates.append((req, slot, need))
+                else:
+                    self._start_generate(req, slot, need)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("needs of %s could not be queued", req.request_id)
+            self._fail(req, exc)
 
-    def _detokenize(self, req: _Request, seq: Sequence) -> None:
-        state = req.detok[seq.seq_id]
-        need = next(n for s, n in req.pending if s is seq)
-        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+    def _start_generate(self, req: _Request, slot: int, need: Generate) -> None:
+        params, prefix = need.params, list(need.prefix_ids)
+        stops = self._eos if not params.ignore_eos else set()
+        stops = stops | set(params.stop_token_ids)
+        cut = next((i for i, t in enumerate(prefix) if t in stops), None)
+        req.stats.prompt_tokens += len(need.prompt_ids)
+        if cut is not None or len(prefix) >= params.max_tokens:
+            # nothing to decode: the forced prefix is the whole answer
+            reason = "stop" if cut is not None else "length"
+            prefix = prefix[: cut + 1] if cut is not None else prefix[: params.max_tokens]
+            detok = _Detok(stop=list(params.stop), prefix_ids=prefix)
+            seq = Sequence(-1, list(need.prompt_ids), params, finish_reason=reason)
+            self._detokenize_text(detok, seq)
+            self._resolve(req, slot, self._result(seq, detok))
+            return
+        seq = Sequence(
+            next(self._seq_ids),
+            list(need.prompt_ids) + prefix,
+            replace(params, max_tokens=params.max_tokens - len(prefix)),
+        )
+        req.seqs[seq.seq_id] = (seq, slot)
+        req.detok[seq.seq_id] = _Detok(stop=list(params.stop), prefix_ids=prefix)
+        self._owner[seq.seq_id] = req
+        self.runner.add(seq)
+
+    def _detokenize_text(self, state: _Detok, seq: Sequence) -> int:
+        """Update state.text for seq's tokens; apply stop strings. Returns chars to hold back."""
+        ids = state.prefix_ids + seq.output_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
         hold = 0
         if state.stop:
             start = max(0, state.emitted - max(len(s) for s in state.stop))
             cut = min((i for s in state.stop if (i := text.find(s, start)) >= 0), default=-1)
             if cut >= 0:
                 text = text[:cut]
-                self.runner.finish(seq, "stop")
+                if seq.finish_reason in (None, "length"):
+                    seq.finish_reason = "stop"  # the stop string ended it, even on the last token
             elif not seq.finished:
                 hold = _partial_stop_suffix(text, state.stop)
         state.text = text
+        return hold
+
+    def _detokenize(self, req: _Request, seq: Sequence) -> None:
+        state = req.detok[seq.seq_id]
+        hold = self._detokenize_text(state, seq)
+        need = req.needs[req.seqs[seq.seq_id][1]]
         if need.stream_index is None:
             return
+        text = state.text
         end = len(text) - hold
         if not seq.finished:
             while end > state.emitted and text[end - 1] == "\ufffd":  # incomplete UTF-8
@@ -271,16 +392,16 @@ class Engine:
             lps = seq.logprobs[state.emitted_tokens :] if seq.params.logprobs is not None else None
             state.emitted_tokens = len(seq.output_ids)
             req.sink(Delta(need.stream_index, text[state.emitted : end], tokens, lps))
-            state.emitted = end
+            state.emitted = max(end, state.emitted)
 
-    def _result(self, seq: Sequence, req: _Request) -> Generation:
-        req.stats.completion_tokens += len(seq.output_ids)
+    def _result(self, seq: Sequence, detok: _Detok) -> Generation:
+        latents = seq.latents_tensor()
         return Generation(
-            token_ids=list(seq.output_ids),
-            text=req.detok[seq.seq_id].text,
+            token_ids=detok.prefix_ids + list(seq.output_ids),
+            text=detok.text,
             finish_reason=seq.finish_reason or "stop",
-            prompt_tokens=len(seq.prompt_ids),
-            latents=seq.latents_tensor(),
+            prompt_tokens=len(seq.prompt_ids) - len(detok.prefix_ids),
+            latents=latents,
             logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
         )
 
@@ -290,33 +411,49 @@ class Engine:
         victims = [
             req
             for req in self._requests.values()
-            if any(id(seq) not in waiting for seq, _ in req.pending)
+            if any(id(seq) not in waiting for seq, _ in req.seqs.values())
         ]
         self.runner.reset()
         for req in victims:
             self._fail(req, exc)
 
     def _fail(self, req: _Request, exc: BaseException) -> None:
-        for seq, _ in req.pending:
-            self.runner.abort(seq)
         req.stats.outcome = "error"
         self._finish(req, Failed(exc))
 
     def _finish(self, req: _Request, event) -> None:
         if self._requests.pop(req.request_id, None) is None:
             return
-        for seq, _ in req.pending:
-            self._owner.pop(seq.seq_id, None)
+        for seq_id, (seq, _) in req.seqs.items():
+            self.runner.abort(seq)
+            self._owner.pop(seq_id, None)
+        req.seqs.clear()
         if not req.started:
             with self._lock:
                 self._waiting -= 1
         req.program.close()
-        req.stats.finished = time.monotonic()
+        stats = req.stats
+        stats.finished = time.monotonic()
+        if isinstance(event, Done):
+            _record_output(stats, event.output)
         try:
             req.sink(event)
-        finally:
             if self.on_finish is not None:
-                self.on_finish(req.stats)
+                self.on_finish(stats)
+        except Exception:  # noqa: BLE001 - a reporting failure must not stop the engine
+            log.exception("reporting the end of %s failed", req.request_id)
+
+
+def _record_output(stats: RequestStats, output) -> None:
+    """Token counts and outcome from a program's output (plain list or a `Refined`)."""
+    generations = output if isinstance(output, list) else [getattr(output, "generation", None)]
+    generations = [g for g in generations if isinstance(g, Generation)]
+    stats.completion_tokens = sum(len(g.token_ids) for g in generations)
+    if generations:
+        stats.outcome = generations[0].finish_reason
+    if hasattr(output, "summary"):
+        stats.refinement = output.summary()
+        stats.refinement_tokens = output.refinement_tokens
 
 
 class CancelledError(RuntimeError):

@@ -43,7 +43,7 @@ def test_completion_list_prompt_and_n(client):
         model="tiny-model0", prompt=["ab", "cde"], max_tokens=4, n=2, temperature=1.0, seed=5
     )
     assert [c.index for c in resp.choices] == [0, 1, 2, 3]
-    assert resp.usage.prompt_tokens == 2 * (2 + 3)
+    assert resp.usage.prompt_tokens == 2 + 3  # each prompt once, whatever n
     again = client.completions.create(
         model="tiny-model0", prompt=["ab", "cde"], max_tokens=4, n=2, temperature=1.0, seed=5
     )
@@ -236,3 +236,66 @@ def test_api_key_guards_v1_only(tiny_loaded):
         assert httpx.get(live.url + "/health").status_code == 200
         ok = openai.OpenAI(base_url=live.url + "/v1", api_key="s3cret", max_retries=0)
         assert ok.models.list().data
+
+
+LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer": "7"}}
+
+
+@pytest.mark.parametrize(
+    "latent, param",
+    [
+        ({"method": "latentseek"}, "latent.reward"),
+        ({**LS, "lr": 0}, "latent.lr"),
+        ({**LS, "lr": -1.0}, "latent.lr"),
+        ({**LS, "fraction": 0}, "latent.fraction"),
+        ({**LS, "fraction": 1.5}, "latent.fraction"),
+        ({**LS, "max_steps": -1}, "latent.max_steps"),
+        ({**LS, "max_steps": 51}, "latent.max_steps"),
+        ({**LS, "time_budget_ms": -5}, "latent.time_budget_ms"),
+        ({**LS, "select": "worst"}, "latent.select"),
+        ({**LS, "surprise": 1}, "latent.surprise"),
+        (
+            {"method": "latentseek", "reward": {"type": "reference"}},
+            "latent.reward.reference.reference_answer",
+        ),
+        ({"method": "latentseek", "reward": {"type": "karma"}}, "latent.reward"),
+        (
+            {"method": "latentseek", "reward": {"type": "regex", "pattern": "("}},
+            "latent.reward.pattern",
+        ),
+        (
+            {"method": "latentseek", "reward": {"type": "regex", "pattern": "a" * 600}},
+            "latent.reward.regex.pattern",
+        ),
+    ],
+)
+def test_bad_latent_fields_name_the_field(server, latent, param):
+    resp = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", "latent": latent})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+
+
+def test_latentseek_over_http_reports_what_happened(client):
+    resp = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=10,
+        temperature=0,
+        extra_body={"latent": {**LS, "max_steps": 2, "fraction": 0.5, "select": "last"}},
+    )
+    latent = resp.model_extra["latent"]
+    assert latent["method"] == "latentseek" and latent["steps"] <= 2
+    assert len(latent["reward_history"]) == latent["steps"] + 1
+    assert latent["stopped_reason"] in ("threshold", "max_steps")
+    assert resp.usage.refinement_tokens >= 0
+    streamed = list(
+        client.chat.completions.create(
+            model="tiny-model0",
+            messages=[{"role": "user", "content": "3 + 4?"}],
+            max_tokens=8,
+            stream=True,
+            extra_body={"latent": {**LS, "max_steps": 1, "fraction": 0.5}},
+        )
+    )
+    assert any(c.choices and c.choices[0].delta.content for c in streamed)
+    assert streamed[-1].model_extra.get("latent", {}).get("method") == "latentseek"

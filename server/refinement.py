@@ -1,0 +1,85 @@
+"""Turn a request's `latent` field into a program, checked against the server's limits.
+
+`build_program` returns the program the engine runs and the method name for metrics.
+Plain generation (no `latent`, or method `none`) is one `Generate` need per prompt and
+choice; `latentseek` wraps one prompt in `latent_ops.latentseek.latentseek` with its
+reward. Limits that only the server knows (`--max-refinement-steps`,
+`--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from latent_ops.latentseek import LatentSeekConfig, latentseek
+from latent_ops.program import Generate, SamplingParams, plain_generation
+from latent_ops.rewards import ReferenceReward, RegexReward
+from server.errors import APIError
+
+
+def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0):
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=None if body.seed is None else body.seed + choice,
+        stop=body.stop_list(),
+        logprobs=logprobs,
+    )
+
+
+def build_program(body, config, prompts, prompt_texts, budgets, logprobs):
+    """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens."""
+    spec = body.latent
+    if spec is None or spec.method == "none":
+        needs = [
+            Generate(
+                ids,
+                sampling_params(body, budgets[i], logprobs, j),
+                stream_index=i * body.n + j if body.stream else None,
+            )
+            for i, ids in enumerate(prompts)
+            for j in range(body.n)
+        ]
+        return plain_generation(needs), "none"
+    if len(prompts) != 1 or body.n != 1:
+        raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
+    if spec.reward is None:
+        raise APIError(400, "latentseek needs a reward", param="latent.reward")
+    cfg = latentseek_config(spec, config)
+    reward = make_reward(spec.reward)
+    params = sampling_params(body, budgets[0], None)
+    return latentseek(prompts[0], prompt_texts[0], params, cfg, reward), "latentseek"
+
+
+def latentseek_config(spec, config) -> LatentSeekConfig:
+    given = {
+        f.name: getattr(spec, f.name)
+        for f in fields(LatentSeekConfig)
+        if getattr(spec, f.name, None) is not None
+    }
+    cfg = LatentSeekConfig(**given)
+    if cfg.max_steps > config.max_refinement_steps:
+        raise APIError(
+            400,
+            f"latent.max_steps {cfg.max_steps} is over the server's maximum "
+            f"{config.max_refinement_steps}",
+            param="latent.max_steps",
+        )
+    if cfg.time_budget_ms is not None and cfg.time_budget_ms > config.max_time_budget_ms:
+        raise APIError(
+            400,
+            f"latent.time_budget_ms {cfg.time_budget_ms:g} is over the server's maximum "
+            f"{config.max_time_budget_ms:g}",
+            param="latent.time_budget_ms",
+        )
+    return cfg
+
+
+def make_reward(spec):
+    if spec.type == "reference":
+        return ReferenceReward(spec.reference_answer)
+    try:
+        return RegexReward(spec.pattern)
+    except ValueError as exc:
+        raise APIError(400, f"latent.reward.pattern: {exc}", param="latent.reward.pattern") from exc

@@ -1,0 +1,180 @@
+"""LatentSeek through the engine against a straightforward implementation of the paper.
+
+The reference below follows the paper's code pattern: no KV cache (every token re-runs the
+whole sequence), autograd on -R * sum log softmax(W z)[argmax], torch.optim.Adam, argmax
+tokens back into the model, greedy continuation, stop when R > threshold; `select="last"`.
+"""
+
+import math
+import threading
+
+import pytest
+import torch
+
+from latent_ops.latentseek import LatentSeekConfig, latentseek
+from latent_ops.program import SamplingParams
+from latent_ops.rewards import ReferenceReward, RegexReward
+from server.engine.engine import Done, Engine, RequestStats
+from server.engine.runner import ModelRunner
+from tests.tiny import build_model, build_tokenizer
+
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return build_model(len(tok), seed=0)
+
+
+def _greedy_uncached(model, ids, max_new):
+    out = []
+    for _ in range(max_new):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + out])).logits[0, -1]
+        out.append(int(logits.argmax()))
+        if out[-1] == EOS:
+            break
+    return out
+
+
+def paper_latentseek(model, tok, prompt, max_new, cfg, reward):
+    ids = tok(prompt)["input_ids"]
+    y = _greedy_uncached(model, ids, max_new)
+
+    def score(tokens):
+        gen = reward.score(prompt, tok.decode(tokens, skip_special_tokens=True))
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    history = [score(y)]
+    if history[-1] > cfg.threshold:
+        return tok.decode(y, skip_special_tokens=True), history
+    n = min(math.floor(cfg.fraction * len(y)), cfg.max_update_tokens)
+    with torch.no_grad():
+        hidden = model.model(torch.tensor([ids + y[:-1]])).last_hidden_state[0, len(ids) - 1 :]
+    z = torch.nn.Parameter(hidden[:n].clone())
+    opt = torch.optim.Adam([z], lr=cfg.lr)
+    head = model.lm_head.weight
+    for _ in range(cfg.max_steps):
+        logp = torch.log_softmax(z @ head.T, dim=-1)
+        loss = -history[-1] * logp.gather(1, logp.argmax(1, keepdim=True)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            prefix = (z @ head.T).argmax(1).tolist()
+        if EOS in prefix:
+            prefix = prefix[: prefix.index(EOS) + 1]
+            y = prefix
+        else:
+            y = prefix + _greedy_uncached(model, ids + prefix, max_new - len(prefix))
+        history.append(score(y))
+        if history[-1] > cfg.threshold:
+            break
+    return tok.decode(y, skip_special_tokens=True), history
+
+
+def run_programs(model, tok, programs, max_batch_size=8):
+    """Run programs through a real Engine; returns outputs and (seconds, rows) per update."""
+    updates = []
+    runner = ModelRunner(model, max_batch_size=max_batch_size, eos_token_ids={EOS})
+    engine = Engine(runner, tok, on_latent_update=lambda s, rows: updates.append(rows))
+    engine.start()
+    outputs, done = [None] * len(programs), threading.Semaphore(0)
+
+    def sink_for(i):
+        def sink(event):
+            if isinstance(event, Done):
+                outputs[i] = event.output
+                done.release()
+            elif not hasattr(event, "text"):
+                outputs[i] = event
+                done.release()
+
+        return sink
+
+    for i, program in enumerate(programs):
+        engine.submit(f"r{i}", program, sink_for(i), RequestStats(request_id=f"r{i}"))
+    for _ in programs:
+        assert done.acquire(timeout=120)
+    engine.shutdown()
+    return outputs, updates
+
+
+PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compute 9*8 ="]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_engine_equals_the_papers_algorithm(model, tok, prompt):
+    cfg = LatentSeekConfig(max_steps=4, lr=0.05, fraction=0.4, select="last")
+    reward = ReferenceReward("72")
+    ref_text, ref_history = paper_latentseek(model, tok, prompt, 20, cfg, reward)
+    ids = tok(prompt)["input_ids"]
+    program = latentseek(ids, prompt, SamplingParams(max_tokens=20), cfg, reward)
+    [out], updates = run_programs(model, tok, [program])
+    assert out.generation.text == ref_text
+    assert out.reward_history == ref_history
+    assert out.steps == len(ref_history) - 1 and updates
+
+
+def test_threshold_stops_at_once_when_the_first_answer_passes(model, tok):
+    cfg = LatentSeekConfig(max_steps=5)
+    ids = tok(PROMPTS[0])["input_ids"]
+    [out], updates = run_programs(
+        model,
+        tok,
+        [latentseek(ids, PROMPTS[0], SamplingParams(max_tokens=10), cfg, RegexReward(".*"))],
+    )
+    assert out.stopped_reason == "threshold" and out.steps == 0 and not updates
+    assert out.reward_history == [0.0]
+
+
+def test_concurrent_requests_share_latent_updates_and_match_solo(model, tok):
+    cfg = LatentSeekConfig(max_steps=3, lr=0.05, fraction=0.5, select="best")
+
+    def programs():
+        return [
+            latentseek(
+                tok(p)["input_ids"], p, SamplingParams(max_tokens=16), cfg, ReferenceReward("1")
+            )
+            for p in PROMPTS
+        ]
+
+    solo = [run_programs(model, tok, [p])[0][0] for p in programs()]
+    together, updates = run_programs(model, tok, programs())
+    for a, b in zip(solo, together):
+        assert a.generation.text == b.generation.text and a.reward_history == b.reward_history
+    per_request = max(o.update_tokens for o in solo)
+    assert max(updates) > per_request  # at least one update carried rows of several requests
+
+
+def test_select_best_returns_the_first_answer_when_nothing_improves(model, tok):
+    cfg = LatentSeekConfig(max_steps=2, fraction=0.5, select="best")
+    ids = tok(PROMPTS[1])["input_ids"]
+    [plain], _ = run_programs(
+        model,
+        tok,
+        [
+            latentseek(
+                ids,
+                PROMPTS[1],
+                SamplingParams(max_tokens=12),
+                LatentSeekConfig(max_steps=0),
+                ReferenceReward("1"),
+            )
+        ],
+    )
+    [out], _ = run_programs(
+        model,
+        tok,
+        [latentseek(ids, PROMPTS[1], SamplingParams(max_tokens=12), cfg, ReferenceReward("1"))],
+    )
+    assert out.reward_history == [-1.0, -1.0, -1.0]
+    assert out.generation.text == plain.generation.text  # ties go to the earliest answer
