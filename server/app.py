@@ -118,6 +118,13 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     async def request_context(request: Request, call_next):
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > config.max_request_bytes:
+            response = error_response(
+                413, f"request body over {config.max_request_bytes} bytes", param=None
+            )
+            response.headers["x-request-id"] = rid
+            return response
         if config.api_key and request.url.path.startswith("/v1/"):
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""

@@ -46,6 +46,9 @@ class ServerConfig(BaseModel):
         description="require 'Authorization: Bearer KEY' on /v1/* (env LATENTSERVE_API_KEY)",
         json_schema_extra={"env": "LATENTSERVE_API_KEY"},
     )
+    max_request_bytes: int = Field(
+        4 << 20, ge=1024, description="largest request body in bytes; beyond it, 413"
+    )
     max_refinement_steps: int = Field(
         50, ge=0, description="largest latent.max_steps a request may ask for"
     )

@@ -299,3 +299,9 @@ def test_latentseek_over_http_reports_what_happened(client):
     )
     assert any(c.choices and c.choices[0].delta.content for c in streamed)
     assert streamed[-1].model_extra.get("latent", {}).get("method") == "latentseek"
+
+
+def test_huge_body_is_413(server):
+    resp = httpx.post(server.url + "/v1/completions", json={"prompt": "a" * (5 << 20)})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == 413
+    assert httpx.get(server.url + "/health").status_code == 200
