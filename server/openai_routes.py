@@ -279,7 +279,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     _check_model(body.model, state)
     tok = state.tokenizer
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    # OpenAI's "developer" role is the system role of older chat templates
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in body.messages
+    ]
     try:
         rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # noqa: BLE001 - templates reject some role orders

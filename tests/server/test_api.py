@@ -305,3 +305,28 @@ def test_huge_body_is_413(server):
     resp = httpx.post(server.url + "/v1/completions", json={"prompt": "a" * (5 << 20)})
     assert resp.status_code == 413 and resp.json()["error"]["code"] == 413
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_top_logprobs_without_logprobs_is_400(server):
+    resp = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "top_logprobs"
+
+
+def test_developer_role_is_rendered_as_system(client):
+    dev = client.chat.completions.create(
+        model="tiny-model0",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    sys_ = client.chat.completions.create(
+        model="tiny-model0",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert dev.usage.prompt_tokens == sys_.usage.prompt_tokens
+    assert dev.choices[0].message.content == sys_.choices[0].message.content
