@@ -14,29 +14,18 @@ and because this module defines no `__version__`; `tests/test_packaging.py` chec
 
 from __future__ import annotations
 
+from kernels.reference import latent_pg_step_torch
 
-def latent_pg_step(
-    z,
-    weight,
-    reward,
-    lr,
-    exp_avg,
-    exp_avg_sq,
-    step,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    impl: str = "auto",
-):
+IMPLS = ("auto", "torch")
+
+
+def latent_pg_step(z, weight, reward, lr, exp_avg, exp_avg_sq, step, *, impl="auto", **adam):
     """Adam step on -reward * log softmax(W z)[argmax] per row; returns argmax(W z_new).
 
     z, exp_avg, exp_avg_sq: [N, d] float32, updated in place. weight: [V, d] LM head.
     reward, lr: [N] float32. step: [N] int64 (>= 1, for bias correction). Returns [N] int64.
+    `adam`: beta1 (0.9), beta2 (0.999), eps (1e-8), as torch.optim.Adam.
     """
-    from kernels.reference import latent_pg_step_torch
-
-    if impl not in ("auto", "torch"):
-        raise ValueError(f"unknown latent_pg_step impl {impl!r} (available: auto, torch)")
-    return latent_pg_step_torch(
-        z, weight, reward, lr, exp_avg, exp_avg_sq, step, beta1=beta1, beta2=beta2, eps=eps
-    )
+    if impl not in IMPLS:
+        raise ValueError(f"unknown latent_pg_step impl {impl!r} (available: {', '.join(IMPLS)})")
+    return latent_pg_step_torch(z, weight, reward, lr, exp_avg, exp_avg_sq, step, **adam)

@@ -20,16 +20,18 @@ import torch
 DEFAULT_CHUNK = 8192
 
 
-def _chunks(vocab: int, chunk: int):
-    for start in range(0, vocab, chunk):
-        yield start, min(start + chunk, vocab)
+def _logit_tiles(z: torch.Tensor, weight: torch.Tensor, chunk: int):
+    """Yield (first vocabulary id, fp32 W tile [c, d], logits tile [N, c]) over the vocabulary."""
+    for lo in range(0, weight.shape[0], chunk):
+        w = weight[lo : lo + chunk].float()
+        yield lo, w, z @ w.T
 
 
 def _argmax_rows(z: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
+    """argmax(W z) per row [N], tile by tile."""
     best_val = torch.full((z.shape[0],), -float("inf"), device=z.device)
     best_idx = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-    for lo, hi in _chunks(weight.shape[0], chunk):
-        logits = z @ weight[lo:hi].float().T  # [N, chunk]
+    for lo, _, logits in _logit_tiles(z, weight, chunk):
         val, idx = logits.max(dim=1)
         better = val > best_val  # strict: ties keep the lowest index, as torch.argmax
         best_val = torch.where(better, val, best_val)
@@ -57,21 +59,17 @@ def latent_pg_step_torch(
     run_max = torch.full((n,), -float("inf"), device=z.device)
     run_sum = torch.zeros(n, device=z.device)
     best_idx = torch.zeros(n, dtype=torch.long, device=z.device)
-    for lo, hi in _chunks(weight.shape[0], chunk):
-        logits = z @ weight[lo:hi].float().T
+    for lo, _, logits in _logit_tiles(z, weight, chunk):
         val, idx = logits.max(dim=1)
         new_max = torch.maximum(run_max, val)
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(
-            1
-        )
+        rescale = torch.exp(run_max - new_max)
+        run_sum = run_sum * rescale + torch.exp(logits - new_max[:, None]).sum(1)
         best_idx = torch.where(val > run_max, idx + lo, best_idx)
         run_max = new_max
     # pass 2: W^T p accumulated tile by tile
     expected = torch.zeros_like(z)
-    for lo, hi in _chunks(weight.shape[0], chunk):
-        w = weight[lo:hi].float()
-        p = torch.exp(z @ w.T - run_max[:, None]) / run_sum[:, None]
-        expected += p @ w
+    for _, w, logits in _logit_tiles(z, weight, chunk):
+        expected += (torch.exp(logits - run_max[:, None]) / run_sum[:, None]) @ w
     grad = -reward.float()[:, None] * (weight[best_idx].float() - expected)
     # Adam, as torch.optim.Adam (no weight decay, no amsgrad)
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)

@@ -193,6 +193,21 @@ async def _sse(sub: _Submission, on_event: Callable, on_done: Callable) -> Async
             sub.engine.cancel(sub.request_id)
 
 
+def _chunker(cls, rid: str, created: int, model: str):
+    """chunk(choices, usage=None, latent=None) -> JSON of one stream chunk of type `cls`;
+    `usage` and `latent` appear only on the chunks that carry them."""
+
+    def chunk(choices, usage=None, latent=None) -> str:
+        resp = cls(
+            id=rid, created=created, model=model, choices=choices, usage=usage, latent=latent
+        )
+        return resp.model_dump_json(
+            exclude={k for k in ("usage", "latent") if getattr(resp, k) is None}
+        )
+
+    return chunk
+
+
 def _streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -231,20 +246,7 @@ async def completions(body: CompletionRequest, request: Request):
             latent=latent,
         )
 
-    def chunk(choices, usage=None, latent=None) -> str:
-        resp = CompletionResponse(
-            id=rid,
-            created=created,
-            model=state.model_name,
-            choices=choices,
-            usage=usage,
-            latent=latent,
-        )
-        return resp.model_dump_json(
-            exclude={"usage", "latent"}
-            - ({"usage"} if usage else set())
-            - ({"latent"} if latent else set())
-        )
+    chunk = _chunker(CompletionResponse, rid, created, state.model_name)
 
     def on_event(d: Delta):
         lp = _completion_logprobs(tok, d.logprobs) if d.logprobs is not None else None
@@ -321,20 +323,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
     started: set[int] = set()
 
-    def chunk(choices, usage=None, latent=None) -> str:
-        resp = ChatCompletionChunk(
-            id=rid,
-            created=created,
-            model=state.model_name,
-            choices=choices,
-            usage=usage,
-            latent=latent,
-        )
-        return resp.model_dump_json(
-            exclude={"usage", "latent"}
-            - ({"usage"} if usage else set())
-            - ({"latent"} if latent else set())
-        )
+    chunk = _chunker(ChatCompletionChunk, rid, created, state.model_name)
 
     def delta(index: int, text: str, lp=None):
         if index not in started:

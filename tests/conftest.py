@@ -7,6 +7,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
+def tok():
+    """The byte-level tokenizer of the tiny test model."""
+    from tests.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model(tok):
+    """A tiny random Llama in memory (eval mode; tests must not change its weights)."""
+    from tests.tiny import build_model
+
+    return build_model(len(tok), seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from tests.tiny import make_tiny_model_dir
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from kernels import latent_pg_step
 from latent_ops.latentseek import LatentUpdate
 from latent_ops.program import Generate, Generation, Program
 from server.engine.runner import ModelRunner, Sequence
@@ -190,22 +191,21 @@ class Engine:
         except BaseException as exc:  # noqa: BLE001 - the engine must report, not vanish
             log.exception("engine loop died")
             self.error = exc
-            while True:  # nothing is left hanging: queued submissions fail too
-                try:
-                    kind, item = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
+            for kind, item in self._take_inbox():  # queued submissions fail too
                 if kind == "submit":
                     self._requests[item.request_id] = item
             for req in list(self._requests.values()):
                 self._fail(req, exc)
 
-    def _drain_inbox(self) -> None:
+    def _take_inbox(self):
         while True:
             try:
-                kind, item = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _drain_inbox(self) -> None:
+        for kind, item in self._take_inbox():
             if kind == "submit":
                 self._requests[item.request_id] = item
                 self._advance(item, None)
@@ -268,8 +268,6 @@ class Engine:
                 self._fail(req, exc)
 
     def _latent_update_batch(self, batch) -> None:
-        from kernels import latent_pg_step
-
         weight = self.runner.lm_head.weight
         device = weight.device
         sizes = [u.z.shape[0] for _, _, u in batch]

@@ -16,19 +16,8 @@ from latent_ops.program import SamplingParams
 from latent_ops.rewards import ReferenceReward, RegexReward
 from server.engine.engine import Done, Engine, RequestStats
 from server.engine.runner import ModelRunner
-from tests.tiny import build_model, build_tokenizer
 
 EOS = 2
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_model(len(tok), seed=0)
 
 
 def _greedy_uncached(model, ids, max_new):

@@ -1,11 +1,9 @@
 """The batched runner against transformers' own generate and forward pass (tiny model)."""
 
-import pytest
 import torch
 
 from latent_ops.program import SamplingParams
 from server.engine.runner import ModelRunner, Sequence
-from tests.tiny import build_model, build_tokenizer
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog",
@@ -14,16 +12,6 @@ PROMPTS = [
     "12 + 30 =",
     "A much longer prompt that goes on for a while, so padding differs a lot here.",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return build_model(len(tok), seed=0)
 
 
 def _generate(model, ids, max_new):
