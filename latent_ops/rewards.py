@@ -110,3 +110,62 @@ def compile_regex(pattern: str):
         return re2.compile(pattern, options)
     except re2.error as exc:
         raise ValueError(f"invalid pattern: {exc}") from exc
+
+
+# ---- self-reward: the model judges its own answer ------------------------------------
+# (weight, prompt) per verifier; our wording. Each ends with a verdict line we parse.
+_VERDICT = "\n\nEnd your reply with one line: 'Verdict: True' or 'Verdict: False'."
+VERIFIERS = (
+    (2, "Check every calculation in this solution. Are all of them correct?"),
+    (1, "Is the final answer of this solution correct for the problem?"),
+    (2, "Does this solution answer everything the problem asks, to the end?"),
+    (1, "Did the solution understand the problem (right quantities and goal)?"),
+)
+_VERDICT_WORD = re.compile(r"\b(true|false|yes|no|correct|incorrect)\b", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> bool:
+    """True only when the last verdict word is affirmative; garbage is 'not approved'."""
+    words = _VERDICT_WORD.findall(text)
+    return bool(words) and words[-1].lower() in ("true", "yes", "correct")
+
+
+class SelfReward:
+    """Four verifier prompts answered by the same model, weights 2/1/2/1.
+
+    R = -(sum of failed weights [+ 2 when `format="boxed"` and no \\boxed{}]) / 6.
+    `encode_chat(messages) -> token ids` renders a chat prompt; verifiers decode greedily
+    for at most `max_tokens` tokens, as one batch with everything else in flight.
+    """
+
+    kind = "self"
+
+    def __init__(self, encode_chat, max_tokens: int = 128, format: str | None = None):
+        self.encode_chat = encode_chat
+        self.max_tokens = max_tokens
+        self.format = format
+
+    def score(self, prompt: str, answer: str):
+        from latent_ops.program import Generate, SamplingParams
+
+        needs = [
+            Generate(
+                self.encode_chat(
+                    [
+                        {
+                            "role": "user",
+                            "content": (
+                                f"{question}\n\nProblem:\n{prompt}\n\nSolution:\n{answer}{_VERDICT}"
+                            ),
+                        }
+                    ]
+                ),
+                SamplingParams(max_tokens=self.max_tokens),
+            )
+            for _, question in VERIFIERS
+        ]
+        results = yield needs
+        failed = sum(w for (w, _), r in zip(VERIFIERS, results) if not parse_verdict(r.text))
+        if self.format == "boxed" and "\\boxed{" not in answer:
+            failed += 2
+        return -failed / 6

@@ -55,6 +55,9 @@ class ServerConfig(BaseModel):
     max_time_budget_ms: float = Field(
         600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"
     )
+    verifier_max_tokens: int = Field(
+        128, ge=1, le=4096, description="tokens each self-reward verifier may generate"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log verbosity"
     )

@@ -93,6 +93,17 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
     return max_tokens
 
 
+def _chat_encoder(state):
+    """messages -> token ids through the model's chat template (for verifier prompts)."""
+    tok = state.tokenizer
+
+    def encode(messages):
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    return encode
+
+
 def _unpack(output) -> tuple[list[Generation], dict | None, int]:
     """A program's output as (choices, latent summary or None, refinement tokens)."""
     if isinstance(output, list):
@@ -222,7 +233,9 @@ async def completions(body: CompletionRequest, request: Request):
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     prompts = await asyncio.to_thread(lambda: [state.tokenizer(t)["input_ids"] for t in texts])
     budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
-    program, method = build_program(body, state.config, prompts, texts, budgets, body.logprobs)
+    program, method = build_program(
+        body, state.config, prompts, texts, budgets, body.logprobs, _chat_encoder(state)
+    )
     prompt_tokens = sum(len(p) for p in prompts)
     sub = _submit(request, state, program, method=method)
     rid, created, tok = new_id("cmpl"), now(), state.tokenizer
@@ -297,7 +310,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     budget = _budget(state, len(ids), max_tokens, "messages")
     k = (body.top_logprobs or 0) if body.logprobs else None
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), rendered)
-    program, method = build_program(body, state.config, [ids], [question], [budget], k)
+    program, method = build_program(
+        body, state.config, [ids], [question], [budget], k, _chat_encoder(state)
+    )
     sub = _submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()
 

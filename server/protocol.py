@@ -38,7 +38,15 @@ class RegexRewardSpec(BaseModel):
     pattern: str = Field(min_length=1, max_length=512)
 
 
-RewardSpec = Annotated[ReferenceRewardSpec | RegexRewardSpec, Field(discriminator="type")]
+class SelfRewardSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["self"]
+    format: Literal["boxed"] | None = None
+
+
+RewardSpec = Annotated[
+    ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec, Field(discriminator="type")
+]
 
 
 class LatentSpec(BaseModel):

@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import Generate, SamplingParams, plain_generation
-from latent_ops.rewards import ReferenceReward, RegexReward
+from latent_ops.rewards import ReferenceReward, RegexReward, SelfReward
 from server.errors import APIError
 
 
@@ -28,8 +28,11 @@ def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0
     )
 
 
-def build_program(body, config, prompts, prompt_texts, budgets, logprobs):
-    """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens."""
+def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode_chat=None):
+    """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens.
+
+    encode_chat(messages) -> token ids renders verifier prompts for the self reward.
+    """
     spec = body.latent
     if spec is None or spec.method == "none":
         needs = [
@@ -47,7 +50,7 @@ def build_program(body, config, prompts, prompt_texts, budgets, logprobs):
     if spec.reward is None:
         raise APIError(400, "latentseek needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
-    reward = make_reward(spec.reward)
+    reward = make_reward(spec.reward, config, encode_chat)
     params = sampling_params(body, budgets[0], None)
     return latentseek(prompts[0], prompt_texts[0], params, cfg, reward), "latentseek"
 
@@ -76,9 +79,11 @@ def latentseek_config(spec, config) -> LatentSeekConfig:
     return cfg
 
 
-def make_reward(spec):
+def make_reward(spec, config, encode_chat):
     if spec.type == "reference":
         return ReferenceReward(spec.reference_answer)
+    if spec.type == "self":
+        return SelfReward(encode_chat, config.verifier_max_tokens, spec.format)
     try:
         return RegexReward(spec.pattern)
     except ValueError as exc:

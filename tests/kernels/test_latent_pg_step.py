@@ -27,7 +27,7 @@ def _inputs(n, d, v, dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n, d, v", [(1, 64, 1537), (7, 96, 4099), (33, 64, 4099)])
 def test_torch_path_matches_autograd_adam(n, d, v, dtype):
-    seed = hash((n, d, v, str(dtype))) % 2**31
+    seed = n * 1_000_003 + d * 10_007 + v + (7 if dtype == torch.bfloat16 else 0)
     args = _inputs(n, d, v, dtype, seed)
     ref = [a.clone() for a in args]
     ours = [a.clone() for a in args]

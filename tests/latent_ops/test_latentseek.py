@@ -167,3 +167,30 @@ def test_select_best_returns_the_first_answer_when_nothing_improves(model, tok):
     )
     assert out.reward_history == [-1.0, -1.0, -1.0]
     assert out.generation.text == plain.generation.text  # ties go to the earliest answer
+
+
+def test_verdict_parsing_treats_garbage_as_not_approved():
+    from latent_ops.rewards import parse_verdict
+
+    assert parse_verdict("Looks fine.\nVerdict: True")
+    assert not parse_verdict("Verdict: True... actually no")
+    assert not parse_verdict("\ufffd\x00 ::::")
+    assert not parse_verdict("")
+
+
+def test_self_reward_runs_four_verifiers_as_one_batch(model, tok):
+    from latent_ops.rewards import SelfReward
+
+    def encode(messages):
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"][-200:]
+
+    reward = SelfReward(encode, max_tokens=6, format="boxed")
+    cfg = LatentSeekConfig(max_steps=1, fraction=0.5)
+    ids = tok(PROMPTS[0])["input_ids"]
+    [out], _ = run_programs(
+        model, tok, [latentseek(ids, PROMPTS[0], SamplingParams(max_tokens=8), cfg, reward)]
+    )
+    # the random model approves nothing: every verifier fails, plus the missing \boxed{}
+    assert out.reward_history[0] == pytest.approx(-(6 + 2) / 6)
+    assert out.stopped_reason in ("max_steps", "threshold")

@@ -330,3 +330,22 @@ def test_developer_role_is_rendered_as_system(client):
     )
     assert dev.usage.prompt_tokens == sys_.usage.prompt_tokens
     assert dev.choices[0].message.content == sys_.choices[0].message.content
+
+
+def test_self_reward_over_http(client):
+    resp = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=6,
+        temperature=0,
+        extra_body={
+            "latent": {
+                "method": "latentseek",
+                "max_steps": 1,
+                "fraction": 0.5,
+                "reward": {"type": "self"},
+            }
+        },
+    )
+    history = resp.model_extra["latent"]["reward_history"]
+    assert history and all(-1.0 <= r <= 0.0 for r in history)
