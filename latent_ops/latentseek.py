@@ -96,7 +96,7 @@ def latentseek(
     start = clock()
     deadline = None if cfg.time_budget_ms is None else start + cfg.time_budget_ms / 1000
     params = replace(params, temperature=0.0, deadline=deadline)
-    [first] = yield [Generate(prompt_ids, replace(params, capture_latents=True))]
+    [first] = yield [Generate(prompt_ids, replace(params, capture_latents=True), cache_prompt=True)]
     out = Refined(first, "latentseek", 0, "max_steps", None, None)
 
     def done(reason: str, chosen: Generation) -> Refined:
@@ -127,7 +127,7 @@ def latentseek(
             return done("time_budget", current if cfg.select == "last" else best)
         [tokens] = yield [LatentUpdate(z, exp_avg, exp_avg_sq, r, cfg.lr, step)]
         prefix = tokens.tolist()
-        [answer] = yield [Generate(prompt_ids, params, prefix_ids=prefix)]
+        [answer] = yield [Generate(prompt_ids, params, prefix_ids=prefix, cache_prompt=True)]
         out.steps = step
         out.refinement_tokens += len(answer.token_ids) - min(len(prefix), len(answer.token_ids))
         if answer.finish_reason == "deadline":

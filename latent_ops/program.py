@@ -61,6 +61,9 @@ class Generate:
     # prefilled after the prompt, count toward max_tokens, and lead the result's tokens
     # and text. A prefix that holds a stop token, or fills max_tokens, decodes nothing.
     prefix_ids: list[int] = field(default_factory=list)
+    # Keep the prompt's KV cache for later needs of the same request whose prompt starts
+    # with these `prompt_ids` (LatentSeek's iterations): they prefill only what follows.
+    cache_prompt: bool = False
 
 
 @dataclass

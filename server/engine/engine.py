@@ -352,6 +352,8 @@ class Engine:
             list(need.prompt_ids) + prefix,
             replace(params, max_tokens=params.max_tokens - len(prefix)),
         )
+        if need.cache_prompt:
+            seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
         req.seqs[seq.seq_id] = (seq, slot)
         req.detok[seq.seq_id] = _Detok(stop=list(params.stop), prefix_ids=prefix)
         self._owner[seq.seq_id] = req
@@ -426,6 +428,7 @@ class Engine:
             self.runner.abort(seq)
             self._owner.pop(seq_id, None)
         req.seqs.clear()
+        self.runner.release(req.request_id)
         if not req.started:
             with self._lock:
                 self._waiting -= 1

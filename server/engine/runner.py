@@ -10,6 +10,12 @@ Sequences join and leave between steps: leaving drops the row and trims columns 
 became padding everywhere; joining left-pads whichever side is shorter. That costs a
 copy of the cache only when the batch changes, never per token.
 
+A *prefix cache* keeps the KV of a sequence's leading tokens under a key its owner
+chooses (LatentSeek keeps its prompt's, so each iteration prefills only the optimised
+prefix). A row that reuses one is laid out `[pad][cached tokens][pad][new tokens]`: the
+attention mask carries the hole and position ids are explicit, so rows with and without
+reuse share one prefill pass.
+
 The runner calls the decoder stack (`model.get_decoder()`) and the LM head itself, so the
 prompt's logits are never computed (only the last position's) and the state after the
 final norm, the *latent* the LM head reads, is at hand for every generated token.
@@ -43,6 +49,11 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     generator: torch.Generator | None = None
+    # Prefix cache: after prefill, the KV of prompt_ids[:cache_len] is kept under
+    # cache_key (until `release(cache_key)`); a later sequence with the same key whose
+    # prompt starts with those tokens prefills only the rest.
+    cache_key: object = None
+    cache_len: int = 0
 
     @property
     def finished(self) -> bool:
@@ -84,7 +95,11 @@ class ModelRunner:
         self.mask: torch.Tensor | None = None  # [B, Lb] long, 1 = real token
         self.next_pos: torch.Tensor | None = None  # [B] long, position id of the next input
         self.next_tokens: torch.Tensor | None = None  # [B] long, sampled, not yet in cache
+        # cache_key -> (token ids, [(keys, values)] per layer, each [1, kv_heads, n, hd])
+        self.prefix_cache: dict[object, tuple[list[int], list[tuple]]] = {}
         self.forward_passes = 0
+        self.prefill_tokens = 0  # prompt tokens actually run through the model
+        self.reused_tokens = 0  # prompt tokens taken from the prefix cache instead
 
     # ---- queue -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -104,6 +119,10 @@ class ModelRunner:
         """End a sequence from above (e.g. a stop string matched)."""
         if seq.finish_reason is None:
             seq.finish_reason = reason
+
+    def release(self, cache_key) -> None:
+        """Forget the prefix-cache entry kept under `cache_key` (if any)."""
+        self.prefix_cache.pop(cache_key, None)
 
     def reset(self) -> None:
         """Drop the running batch (after a failed step); waiting sequences stay queued."""
@@ -144,20 +163,55 @@ class ModelRunner:
         self.next_tokens = self._sample_and_append(hidden[:, -1], self.running)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        lengths = [len(s.prompt_ids) for s in seqs]
-        width = max(lengths)
+        reuse = [self._lookup(s) for s in seqs]  # (n cached tokens, their KV or None)
+        cached_w = max(n for n, _ in reuse)
+        news = [s.prompt_ids[n:] for s, (n, _) in zip(seqs, reuse)]
+        width = max(len(x) for x in news)
         ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
-            mask[row, width - len(seq.prompt_ids) :] = 1
+        mask = torch.zeros((len(seqs), cached_w + width), dtype=torch.long)
+        for row, ((n, _), new) in enumerate(zip(reuse, news)):
+            ids[row, width - len(new) :] = torch.tensor(new)
+            mask[row, cached_w - n : cached_w] = 1
+            mask[row, cached_w + width - len(new) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached_w:]
         cache = DynamicCache(config=self.config)
+        if cached_w:
+            some = next(kv for _, kv in reuse if kv is not None)
+            for layer in range(len(some)):
+                keys, values = zip(*(_row_kv(kv, some, layer, cached_w) for _, kv in reuse))
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+        self.prefill_tokens += sum(len(x) for x in news)
+        self.reused_tokens += sum(n for n, _ in reuse)
         hidden = self._forward(ids, mask, positions, cache)  # [b, width, d]
-        next_pos = torch.tensor(lengths, device=self.device)
+        self._keep_prefixes(seqs, reuse, cache, mask)
+        next_pos = torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device)
         tokens = self._sample_and_append(hidden[:, -1], seqs)
         self._merge(seqs, cache, mask, next_pos, tokens)
+
+    def _lookup(self, seq: Sequence) -> tuple[int, list | None]:
+        entry = self.prefix_cache.get(seq.cache_key) if seq.cache_key is not None else None
+        if entry is None:
+            return 0, None
+        tokens, kv = entry
+        # at least one new token must run, to give the next token's logits
+        if len(tokens) < len(seq.prompt_ids) and seq.prompt_ids[: len(tokens)] == tokens:
+            return len(tokens), kv
+        return 0, None
+
+    def _keep_prefixes(self, seqs, reuse, cache, mask) -> None:
+        """Store the KV of each seq's first `cache_len` real tokens under its key."""
+        for row, (seq, (n, _)) in enumerate(zip(seqs, reuse)):
+            if seq.cache_key is None or seq.cache_len <= n:
+                continue  # nothing asked for, or the entry it reused already covers it
+            cols = mask[row].nonzero().squeeze(1)[: seq.cache_len]
+            self.prefix_cache[seq.cache_key] = (
+                list(seq.prompt_ids[: seq.cache_len]),
+                [
+                    (layer.keys[row : row + 1, :, cols], layer.values[row : row + 1, :, cols])
+                    for layer in cache.layers
+                ],
+            )
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """Decoder stack only: [B, S] ids -> [B, S, d] states after the final norm."""
@@ -244,6 +298,18 @@ class ModelRunner:
             layer.values = layer.values[index, :, first:]
         self.next_pos = self.next_pos[index]
         self.next_tokens = self.next_tokens[index]
+
+
+def _row_kv(kv, some, layer: int, width: int):
+    """One row's cached (keys, values) for `layer` left-padded to `width` columns; zeros
+    shaped like `some` for a row that reuses nothing."""
+    if kv is None:
+        shape = list(some[layer][0].shape)
+        shape[2] = width
+        zeros = some[layer][0].new_zeros(shape)
+        return zeros, zeros
+    keys, values = kv[layer]
+    return _left_pad(keys, width, 2), _left_pad(values, width, 2)
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -70,10 +70,10 @@ def paper_latentseek(model, tok, prompt, max_new, cfg, reward):
     return tok.decode(y, skip_special_tokens=True), history
 
 
-def run_programs(model, tok, programs, max_batch_size=8):
-    """Run programs through a real Engine; returns outputs and (seconds, rows) per update."""
+def run_programs(model, tok, programs, max_batch_size=8, runner=None):
+    """Run programs through a real Engine; returns outputs and the rows of each update."""
     updates = []
-    runner = ModelRunner(model, max_batch_size=max_batch_size, eos_token_ids={EOS})
+    runner = runner or ModelRunner(model, max_batch_size=max_batch_size, eos_token_ids={EOS})
     engine = Engine(runner, tok, on_latent_update=lambda s, rows: updates.append(rows))
     engine.start()
     outputs, done = [None] * len(programs), threading.Semaphore(0)
@@ -107,10 +107,14 @@ def test_engine_equals_the_papers_algorithm(model, tok, prompt):
     ref_text, ref_history = paper_latentseek(model, tok, prompt, 20, cfg, reward)
     ids = tok(prompt)["input_ids"]
     program = latentseek(ids, prompt, SamplingParams(max_tokens=20), cfg, reward)
-    [out], updates = run_programs(model, tok, [program])
+    runner = ModelRunner(model, eos_token_ids={EOS})
+    [out], updates = run_programs(model, tok, [program], runner=runner)
     assert out.generation.text == ref_text
     assert out.reward_history == ref_history
     assert out.steps == len(ref_history) - 1 and updates
+    # every iteration after the first took the prompt's KV from the prefix cache
+    assert runner.reused_tokens == len(ids) * out.steps
+    assert not runner.prefix_cache  # released when the request ended
 
 
 def test_threshold_stops_at_once_when_the_first_answer_passes(model, tok):

@@ -129,3 +129,36 @@ def test_context_limit_ends_with_length(model, tok):
     seq = Sequence(0, ids, SamplingParams(max_tokens=50))
     _run(runner, [seq], [0])
     assert len(seq.output_ids) == 3 and seq.finish_reason == "length"
+
+
+def test_prefix_cache_reuse_gives_the_same_tokens_and_skips_the_prompt(model, tok):
+    runner = ModelRunner(model, max_batch_size=4, eos_token_ids={2})
+    prompts = [tok(p)["input_ids"] for p in PROMPTS[:3]]
+    # first round: each prompt alone, its KV kept under its own key
+    first = [
+        Sequence(i, ids, SamplingParams(max_tokens=6), cache_key=f"k{i}", cache_len=len(ids))
+        for i, ids in enumerate(prompts)
+    ]
+    _run(runner, first, [0, 0, 1])
+    assert set(runner.prefix_cache) == {"k0", "k1", "k2"}
+    # second round, one prefill pass: two rows reuse their prompt (different lengths,
+    # different forced prefixes), one row has no key and runs in full beside them
+    prefixes = [[5, 9, 13], [7], None]
+    seqs = []
+    for i, (ids, prefix) in enumerate(zip(prompts, prefixes)):
+        if prefix is None:
+            seqs.append(
+                Sequence(10 + i, tok(PROMPTS[4])["input_ids"], SamplingParams(max_tokens=9))
+            )
+        else:
+            seqs.append(
+                Sequence(10 + i, ids + prefix, SamplingParams(max_tokens=9), cache_key=f"k{i}")
+            )
+    before, reused = runner.prefill_tokens, runner.reused_tokens
+    _run(runner, seqs, [0, 0, 0])
+    assert runner.prefill_tokens - before == 3 + 1 + len(seqs[2].prompt_ids)
+    assert runner.reused_tokens - reused == len(prompts[0]) + len(prompts[1])
+    for seq in seqs:
+        assert seq.output_ids == _generate(model, seq.prompt_ids, 9)
+    runner.release("k0")
+    assert "k0" not in runner.prefix_cache
