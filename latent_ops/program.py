@@ -83,8 +83,20 @@ class Generation:
     logprobs: list[TokenLogprob] | None = None
 
 
-# A need is a Generate or a latent update (latent_ops.latentseek.LatentUpdate); the
-# engine answers a Generate with a Generation and a LatentUpdate with a token tensor.
+@dataclass
+class Call:
+    """Need: run `fn()` off the engine's loop (blocking I/O such as a reward webhook).
+
+    The result is fn's return value, or the exception it raised (returned, not raised, so
+    the program decides what a failure means). Other requests keep decoding meanwhile.
+    """
+
+    fn: Any
+
+
+# A need is a Generate, a Call or a latent update (latent_ops.latentseek.LatentUpdate); the
+# engine answers a Generate with a Generation, a Call with fn's outcome and a
+# LatentUpdate with a token tensor.
 # yields list[need], is sent list[result], returns the request's output
 Program = Generator[list[Any], list[Any], Any]
 

@@ -6,14 +6,22 @@ yield needs (a reward that asks the model something) and returns a float; use it
 `RewardError`; the refinement then stops with `stopped_reason: "reward_error"`.
 
 Implemented: `reference` (0 if the extracted final answer equals the reference, else -1;
-the paper's perfect sparse reward) and `regex` (0 when the answer matches, else -1;
-compiled with RE2, which runs in linear time, so no pattern can hang the server).
+the paper's perfect sparse reward), `regex` (0 when the answer matches, else -1;
+compiled with RE2, which runs in linear time, so no pattern can hang the server), `self`
+(the model judges its own answer with four verifier prompts) and `webhook` (POST to an
+allowlisted URL, run off the engine loop as a `Call` need).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import time
 from fractions import Fraction
+from urllib.parse import urlsplit
+
+from latent_ops.program import Call, Generate, SamplingParams
 
 MAX_REGEX_LENGTH = 512
 
@@ -146,8 +154,6 @@ class SelfReward:
         self.format = format
 
     def score(self, prompt: str, answer: str):
-        from latent_ops.program import Generate, SamplingParams
-
         needs = [
             Generate(
                 self.encode_chat(
@@ -169,3 +175,85 @@ class SelfReward:
         if self.format == "boxed" and "\\boxed{" not in answer:
             failed += 2
         return -failed / 6
+
+
+# ---- webhook: an outside grader ------------------------------------------------------
+MAX_WEBHOOK_REPLY_BYTES = 64 * 1024
+
+
+def _origin(url: str):
+    """(scheme, host, port, path) of an http(s) URL, or None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None  # no credentials in URLs: "http://allowed@elsewhere" tricks
+    port = port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname.lower(), port, parts.path or "/"
+
+
+def url_allowed(url: str, allowlist: list[str]) -> bool:
+    """True when `url` has the scheme, host and port of an allowlist entry and its path
+    starts with that entry's path. Hosts compare as written: no DNS lookups here."""
+    got = _origin(url)
+    if got is None:
+        return False
+    for entry in allowlist:
+        want = _origin(entry)
+        if want and got[:3] == want[:3] and got[3].startswith(want[3]):
+            return True
+    return False
+
+
+class WebhookReward:
+    """POST `{"prompt", "answer"}` as JSON to `url`; the reply must be `{"reward": x}` with
+    a finite number x. A refused connection, an HTTP error status, a reply over 64 KiB,
+    garbage, or no full reply within `timeout` seconds is a RewardError. Redirects are not
+    followed (they could leave the allowlist)."""
+
+    kind = "webhook"
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = url
+        self.timeout = timeout
+
+    def post(self, prompt: str, answer: str) -> float:
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        body = b""
+        try:
+            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+                payload = {"prompt": prompt, "answer": answer}
+                with client.stream("POST", self.url, json=payload) as r:
+                    if r.status_code != 200:
+                        raise RewardError(f"webhook answered HTTP {r.status_code}")
+                    for chunk in r.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_WEBHOOK_REPLY_BYTES:
+                            raise RewardError("webhook reply is too large")
+                        if time.monotonic() > deadline:
+                            raise RewardError("webhook timed out")
+        except httpx.HTTPError as exc:
+            raise RewardError(f"webhook unreachable: {type(exc).__name__}") from exc
+        try:
+            value = json.loads(body)["reward"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RewardError('webhook reply is not {"reward": number}') from exc
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RewardError("webhook reward is not a number")
+        if not math.isfinite(value):
+            raise RewardError("webhook reward is not finite")
+        return float(value)
+
+    def score(self, prompt: str, answer: str):
+        [outcome] = yield [Call(lambda: self.post(prompt, answer))]
+        if isinstance(outcome, RewardError):
+            raise outcome
+        if isinstance(outcome, BaseException):
+            raise RewardError(f"webhook failed: {type(outcome).__name__}: {outcome}")
+        return outcome

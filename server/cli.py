@@ -15,6 +15,7 @@ import typing
 from typing import Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
 
 from server.config import ServerConfig
 
@@ -39,7 +40,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[BaseModel
         default = field.default
         help_text = field.description or ""
         env = (field.json_schema_extra or {}).get("env") if field.json_schema_extra else None
-        if default is not None and not isinstance(default, bool):
+        if default not in (None, PydanticUndefined) and not isinstance(default, bool):
             help_text += f" (default: {default})"
         if typing.get_origin(annotation) is Literal:
             kwargs["choices"] = list(typing.get_args(annotation))

@@ -58,6 +58,14 @@ class ServerConfig(BaseModel):
     verifier_max_tokens: int = Field(
         128, ge=1, le=4096, description="tokens each self-reward verifier may generate"
     )
+    reward_url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes (scheme://host[:port][/path]) a webhook reward may POST "
+        "to; empty = webhook rewards refused",
+    )
+    reward_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="seconds a reward webhook has to answer in full"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log verbosity"
     )

@@ -44,8 +44,15 @@ class SelfRewardSpec(BaseModel):
     format: Literal["boxed"] | None = None
 
 
+class WebhookRewardSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["webhook"]
+    url: str = Field(min_length=1, max_length=2048)
+
+
 RewardSpec = Annotated[
-    ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec, Field(discriminator="type")
+    ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec | WebhookRewardSpec,
+    Field(discriminator="type"),
 ]
 
 

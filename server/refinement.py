@@ -13,7 +13,13 @@ from dataclasses import fields
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import Generate, SamplingParams, plain_generation
-from latent_ops.rewards import ReferenceReward, RegexReward, SelfReward
+from latent_ops.rewards import (
+    ReferenceReward,
+    RegexReward,
+    SelfReward,
+    WebhookReward,
+    url_allowed,
+)
 from server.errors import APIError
 
 
@@ -84,6 +90,14 @@ def make_reward(spec, config, encode_chat):
         return ReferenceReward(spec.reference_answer)
     if spec.type == "self":
         return SelfReward(encode_chat, config.verifier_max_tokens, spec.format)
+    if spec.type == "webhook":
+        if not url_allowed(spec.url, config.reward_url_allowlist):
+            raise APIError(
+                400,
+                "latent.reward.url is not on the server's --reward-url-allowlist",
+                param="latent.reward.url",
+            )
+        return WebhookReward(spec.url, config.reward_timeout_s)
     try:
         return RegexReward(spec.pattern)
     except ValueError as exc:

@@ -34,3 +34,12 @@ def tiny_loaded(tiny_model_dir):
     from server.engine.loader import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def grader():
+    """A reward webhook on loopback (tests/grader.py)."""
+    from tests.grader import Grader
+
+    with Grader() as g:
+        yield g

@@ -2,7 +2,8 @@
 
 The engine owns the model runner and runs in one background thread (torch releases the
 GIL inside its ops, so the asyncio HTTP loop stays responsive). Each iteration it
-1. takes new requests and cancellations from its inbox,
+1. takes new requests, cancellations and finished `Call`s (blocking I/O such as a
+   reward webhook, run on a small thread pool) from its inbox,
 2. starts or resumes programs whose previous needs are all met, turning `Generate`
    needs into runner sequences,
 3. runs one runner step (one decode pass for the whole batch plus prefill of admitted
@@ -27,6 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch
 
 from kernels import latent_pg_step
 from latent_ops.latentseek import LatentUpdate
-from latent_ops.program import Generate, Generation, Program
+from latent_ops.program import Call, Generate, Generation, Program
 from server.engine.runner import ModelRunner, Sequence
 
 log = logging.getLogger("latentserve.engine")
@@ -135,6 +137,7 @@ class Engine:
         self._waiting = 0  # submitted, no sequence admitted yet (read from other threads)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="latentserve-call")
         self._stop = False
         self.error: BaseException | None = None
 
@@ -148,6 +151,7 @@ class Engine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._calls.shutdown(wait=False, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
@@ -209,6 +213,10 @@ class Engine:
             if kind == "submit":
                 self._requests[item.request_id] = item
                 self._advance(item, None)
+            elif kind == "called":
+                req, slot, outcome = item
+                if req.request_id in self._requests:
+                    self._resolve(req, slot, outcome)
             elif kind == "cancel":
                 req = self._requests.get(item)
                 if req is not None:
@@ -326,11 +334,26 @@ class Engine:
             for slot, need in enumerate(needs):
                 if isinstance(need, LatentUpdate):
                     self._updates.append((req, slot, need))
+                elif isinstance(need, Call):
+                    self._start_call(req, slot, need)
                 else:
                     self._start_generate(req, slot, need)
         except Exception as exc:  # noqa: BLE001
             log.exception("needs of %s could not be queued", req.request_id)
             self._fail(req, exc)
+
+    def _start_call(self, req: _Request, slot: int, need: Call) -> None:
+        """Run need.fn on the call pool; its outcome comes back through the inbox."""
+
+        def run():
+            try:
+                outcome = need.fn()
+            except Exception as exc:  # noqa: BLE001 - the program judges the failure
+                outcome = exc
+            self._inbox.put(("called", (req, slot, outcome)))
+            self._wake.set()
+
+        self._calls.submit(run)
 
     def _start_generate(self, req: _Request, slot: int, need: Generate) -> None:
         params, prefix = need.params, list(need.prefix_ids)

@@ -198,3 +198,22 @@ def test_self_reward_runs_four_verifiers_as_one_batch(model, tok):
     # the random model approves nothing: every verifier fails, plus the missing \boxed{}
     assert out.reward_history[0] == pytest.approx(-(6 + 2) / 6)
     assert out.stopped_reason in ("max_steps", "threshold")
+
+
+def test_webhook_reward_through_the_engine(model, tok, grader):
+    from latent_ops.program import Generate, plain_generation
+    from latent_ops.rewards import WebhookReward
+
+    ids = tok(PROMPTS[0])["input_ids"]
+    cfg = LatentSeekConfig(max_steps=2, fraction=0.5)
+    params = SamplingParams(max_tokens=8)
+    good = latentseek(ids, PROMPTS[0], params, cfg, WebhookReward(grader.url + "/reward", 5))
+    slow = latentseek(ids, PROMPTS[0], params, cfg, WebhookReward(grader.url + "/slow", 1))
+    plain = plain_generation([Generate(ids, SamplingParams(max_tokens=8))])
+    outs, _ = run_programs(model, tok, [good, slow, plain])
+    good_out, slow_out, [plain_out] = outs
+    assert good_out.reward_history and set(good_out.reward_history) <= {0.0, -1.0}
+    assert ("/reward", {"prompt": PROMPTS[0], "answer": good_out.generation.text}) in grader.calls
+    # a webhook that times out ends that request with its first (greedy) answer
+    assert slow_out.stopped_reason == "reward_error" and slow_out.reward_history == []
+    assert slow_out.generation.text == plain_out.text

@@ -12,8 +12,13 @@ from tests.live_server import LiveServer
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    config = ServerConfig(model=str(tiny_model_dir), device="cpu", max_batch_size=4)
+def server(tiny_model_dir, grader):
+    config = ServerConfig(
+        model=str(tiny_model_dir),
+        device="cpu",
+        max_batch_size=4,
+        reward_url_allowlist=[grader.url + "/reward"],
+    )
     with LiveServer(build_app(config)) as live:
         yield live
 
@@ -349,3 +354,44 @@ def test_self_reward_over_http(client):
     )
     history = resp.model_extra["latent"]["reward_history"]
     assert history and all(-1.0 <= r <= 0.0 for r in history)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "{grader}/slow",  # same host, path not on the allowlist
+        "http://localhost:1/reward",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/reward",
+        "ftp://127.0.0.1/reward",
+        "http://user@127.0.0.1/reward",
+    ],
+)
+def test_webhook_url_off_the_allowlist_is_400(server, grader, url):
+    latent = {
+        "method": "latentseek",
+        "reward": {"type": "webhook", "url": url.format(grader=grader.url)},
+    }
+    resp = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", "latent": latent})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "latent.reward.url"
+
+
+def test_webhook_reward_over_http(client, grader):
+    resp = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=6,
+        temperature=0,
+        extra_body={
+            "latent": {
+                "method": "latentseek",
+                "max_steps": 1,
+                "fraction": 0.5,
+                "reward": {"type": "webhook", "url": grader.url + "/reward"},
+            }
+        },
+    )
+    latent = resp.model_extra["latent"]
+    assert latent["reward_history"] and set(latent["reward_history"]) <= {0.0, -1.0}
+    assert any(p == "/reward" and c["prompt"] == "What is 3 + 4?" for p, c in grader.calls)

@@ -37,6 +37,9 @@ def test_flags_parse_to_typed_values():
         "bfloat16",
         256,
     )
+    urls = ["http://127.0.0.1:9000/grade", "https://grader.example.com"]
+    assert _serve_config(["--reward-url-allowlist", *urls]).reward_url_allowlist == urls
+    assert _serve_config([]).reward_url_allowlist == []
 
 
 def test_api_key_from_env_and_flag_wins(monkeypatch):

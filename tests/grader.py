@@ -1,0 +1,66 @@
+"""A reward webhook for tests: a real HTTP server on loopback with good and bad routes.
+
+/reward    {"reward": 0} when the answer contains "7", else {"reward": -1}
+/garbage   200 with a body that is not the reward JSON
+/nan       {"reward": NaN}
+/slow      answers after 3 s
+/redirect  302 to /reward (must not be followed)
+/error     HTTP 500
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length", 0))
+        payload = json.loads(self.rfile.read(length) or b"{}")
+        self.server.calls.append((self.path, payload))
+        if self.path == "/reward":
+            reward = 0.0 if "7" in payload.get("answer", "") else -1.0
+            self._send(200, json.dumps({"reward": reward}).encode())
+        elif self.path == "/garbage":
+            self._send(200, b"<html>not json</html>")
+        elif self.path == "/nan":
+            self._send(200, b'{"reward": NaN}')
+        elif self.path == "/slow":
+            time.sleep(3)
+            self._send(200, b'{"reward": 0}')
+        elif self.path == "/redirect":
+            self._send(302, b"", {"Location": "/reward"})
+        else:
+            self._send(500, b"boom")
+
+
+class Grader:
+    def __enter__(self) -> Grader:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.calls = []
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def calls(self) -> list:
+        return self.httpd.calls
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
