@@ -70,6 +70,7 @@ class Refined:
     update_tokens: int = 0
     refinement_time_ms: float = 0.0
     refinement_tokens: int = 0
+    candidates: list[str] = field(default_factory=list)  # the text scored at each history entry
 
     def summary(self) -> dict:
         return {
@@ -112,6 +113,7 @@ def latentseek(
         return done("reward_error", first)
     out.initial_reward = out.final_reward = r0
     out.reward_history.append(r0)
+    out.candidates.append(first.text)
     if r0 > cfg.threshold:
         return done("threshold", first)
     n_update = min(math.floor(cfg.fraction * len(first.token_ids)), cfg.max_update_tokens)
@@ -137,6 +139,7 @@ def latentseek(
         except RewardError:
             return done("reward_error", current if cfg.select == "last" else best)
         out.reward_history.append(r)
+        out.candidates.append(answer.text)
         current = answer
         if r > best_reward:
             best, best_reward = answer, r

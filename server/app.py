@@ -38,51 +38,29 @@ class ServerState:
 
 
 def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
-    from server.engine.engine import Engine
+    from server.engine.engine import build_engine
     from server.engine.loader import load_model
-    from server.engine.runner import ModelRunner
 
     if loaded is None:
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
-    model_len = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
-    max_model_len = min(config.max_model_len or model_len, model_len)
-    tok = loaded.tokenizer
-    eos = _eos_ids(loaded.model, tok)
-    runner = ModelRunner(
-        loaded.model,
+    engine = build_engine(
+        loaded,
         max_batch_size=config.max_batch_size,
-        max_model_len=max_model_len,
-        eos_token_ids=eos,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-    )
-    engine = Engine(
-        runner,
-        tok,
+        max_model_len=config.max_model_len,
         max_queued_requests=config.max_queued_requests,
         on_finish=metrics.record_request,
         on_latent_update=metrics.record_latent_update,
     )
-    metrics.bind_engine(engine, _device_memory_fn(runner.device, loaded.model))
+    metrics.bind_engine(engine, _device_memory_fn(engine.runner.device, loaded.model))
     engine.start()
     return ServerState(
         config=config,
         engine=engine,
-        tokenizer=tok,
+        tokenizer=loaded.tokenizer,
         model_name=config.served_model_name or loaded.name,
-        max_model_len=max_model_len,
+        max_model_len=engine.runner.max_model_len,
         metrics=metrics,
     )
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def _device_memory_fn(device, model):

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP server")
     add_config_flags(serve, ServerConfig)
+    from server.tools.eval import EvalConfig
+
+    evaluate = sub.add_parser("eval", help="accuracy of greedy or LatentSeek on math word problems")
+    add_config_flags(evaluate, EvalConfig)
     return parser
 
 
@@ -94,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import serve
 
         return serve(config)
+    if ns.command == "eval":
+        from server.tools.eval import EvalConfig
+        from server.tools.eval import main as eval_main
+
+        try:
+            config = config_from_args(EvalConfig, ns)
+        except ValidationError as exc:
+            parser.exit(2, f"latentserve eval: error: {_validation_message(exc)}\n")
+        return eval_main(config)
     return 2
 
 

@@ -49,7 +49,7 @@ from server.protocol import (
     new_id,
     now,
 )
-from server.refinement import build_program
+from server.refinement import build_program, chat_encoder
 
 router = APIRouter()
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
@@ -91,17 +91,6 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
             param="max_tokens",
         )
     return max_tokens
-
-
-def _chat_encoder(state):
-    """messages -> token ids through the model's chat template (for verifier prompts)."""
-    tok = state.tokenizer
-
-    def encode(messages):
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    return encode
 
 
 def _unpack(output) -> tuple[list[Generation], dict | None, int]:
@@ -234,7 +223,7 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = await asyncio.to_thread(lambda: [state.tokenizer(t)["input_ids"] for t in texts])
     budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
     program, method = build_program(
-        body, state.config, prompts, texts, budgets, body.logprobs, _chat_encoder(state)
+        body, state.config, prompts, texts, budgets, body.logprobs, chat_encoder(state.tokenizer)
     )
     prompt_tokens = sum(len(p) for p in prompts)
     sub = _submit(request, state, program, method=method)
@@ -311,7 +300,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     k = (body.top_logprobs or 0) if body.logprobs else None
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), rendered)
     program, method = build_program(
-        body, state.config, [ids], [question], [budget], k, _chat_encoder(state)
+        body, state.config, [ids], [question], [budget], k, chat_encoder(state.tokenizer)
     )
     sub = _submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()

@@ -34,6 +34,16 @@ def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0
     )
 
 
+def chat_encoder(tokenizer):
+    """messages -> token ids through the model's chat template (verifier prompts)."""
+
+    def encode(messages):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return encode
+
+
 def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode_chat=None):
     """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens.
 

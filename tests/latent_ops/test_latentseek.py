@@ -6,7 +6,6 @@ tokens back into the model, greedy continuation, stop when R > threshold; `selec
 """
 
 import math
-import threading
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ import torch
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import SamplingParams
 from latent_ops.rewards import ReferenceReward, RegexReward
-from server.engine.engine import Done, Engine, RequestStats
+from server.engine.engine import Engine
+from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
 
 EOS = 2
@@ -76,25 +76,10 @@ def run_programs(model, tok, programs, max_batch_size=8, runner=None):
     runner = runner or ModelRunner(model, max_batch_size=max_batch_size, eos_token_ids={EOS})
     engine = Engine(runner, tok, on_latent_update=lambda s, rows: updates.append(rows))
     engine.start()
-    outputs, done = [None] * len(programs), threading.Semaphore(0)
-
-    def sink_for(i):
-        def sink(event):
-            if isinstance(event, Done):
-                outputs[i] = event.output
-                done.release()
-            elif not hasattr(event, "text"):
-                outputs[i] = event
-                done.release()
-
-        return sink
-
-    for i, program in enumerate(programs):
-        engine.submit(f"r{i}", program, sink_for(i), RequestStats(request_id=f"r{i}"))
-    for _ in programs:
-        assert done.acquire(timeout=120)
-    engine.shutdown()
-    return outputs, updates
+    try:
+        return engine_run(engine, programs, timeout=120), updates
+    finally:
+        engine.shutdown()
 
 
 PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compute 9*8 ="]

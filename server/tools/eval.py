@@ -1,0 +1,303 @@
+"""`latentserve eval`: accuracy of greedy decoding or LatentSeek on math word problems.
+
+    latentserve eval --data synthetic:200,steps=1-2 --method latentseek --reward reference \
+        --out report.json
+
+Runs the server's own engine in this process (or, with `--url`, a running server over
+HTTP, the same requests a client would send), all problems submitted at once so the
+engine batches them. Prints a Markdown table (accuracy, mean steps, seconds per problem,
+reward before and after), writes the report as JSON and a PNG of accuracy against the
+step budget. Budget k's accuracy is what `max_steps: k` would have scored: refinement is
+deterministic (greedy decoding, fixed updates), so a run with budget k is the first k
+steps of a run with budget K; budget 0 is the greedy answer.
+
+Problems come from `server/tools/problems.py`; scoring is `latent_ops.rewards`' answer
+extraction. This module does not serve anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from server.tools.problems import Problem, load_problems
+
+INSTRUCTION = "\nPut the final answer in \\boxed{}."
+
+
+class EvalConfig(BaseModel):
+    data: str = Field(description="a GSM8K-format JSONL file, or synthetic:N[,seed=S][,steps=A-B]")
+    method: Literal["none", "latentseek"] = Field("latentseek", description="refinement")
+    reward: Literal["reference", "self"] = Field("reference", description="LatentSeek reward")
+    limit: int | None = Field(None, ge=1, description="first N problems only")
+    out: str = Field("eval-report.json", description="JSON report; the plot goes beside it")
+    url: str | None = Field(None, description="a running server instead of the in-process engine")
+    model: str = Field("default", description="model (in-process), as for serve")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device (in-process)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="dtype")
+    max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
+    concurrency: int = Field(16, ge=1, description="requests in flight with --url")
+    max_tokens: int = Field(96, ge=1, description="answer tokens per problem")
+    max_steps: int = Field(10, ge=0, description="LatentSeek step budget")
+    lr: float = Field(0.03, gt=0, description="LatentSeek learning rate")
+    fraction: float = Field(0.1, gt=0, le=1, description="LatentSeek fraction of latents")
+    threshold: float = Field(-0.2, description="LatentSeek stops when reward > threshold")
+    select: Literal["best", "last"] = Field("best", description="answer returned")
+    verifier_max_tokens: int = Field(64, ge=1, description="self-reward verifier tokens")
+    api_key: str | None = Field(None, description="bearer key for --url")
+
+
+def question_text(problem: Problem) -> str:
+    return problem.question + INSTRUCTION
+
+
+def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
+    """The request's `latent` field for one problem (None for plain decoding)."""
+    if cfg.method == "none":
+        return None
+    reward = (
+        {"type": "reference", "reference_answer": problem.answer}
+        if cfg.reward == "reference"
+        else {"type": "self"}
+    )
+    keys = ("max_steps", "lr", "fraction", "threshold", "select")
+    return {"method": "latentseek", **{k: getattr(cfg, k) for k in keys}, "reward": reward}
+
+
+# ---- running ---------------------------------------------------------------------------
+def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]:
+    """One record per problem: text, latent summary (or None), candidate texts, seconds."""
+    from latent_ops.latentseek import LatentSeekConfig, latentseek
+    from latent_ops.program import Generate, SamplingParams, plain_generation
+    from latent_ops.rewards import ReferenceReward, SelfReward
+    from server.engine.engine import build_engine, run_programs
+    from server.engine.loader import load_model
+    from server.refinement import chat_encoder
+
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    encode = chat_encoder(loaded.tokenizer)
+    engine = build_engine(
+        loaded, max_batch_size=cfg.max_batch_size, max_queued_requests=len(problems) + 1
+    )
+    params = SamplingParams(max_tokens=cfg.max_tokens)
+    ls_cfg = LatentSeekConfig(
+        max_steps=cfg.max_steps,
+        lr=cfg.lr,
+        fraction=cfg.fraction,
+        threshold=cfg.threshold,
+        select=cfg.select,
+    )
+    programs = []
+    for p in problems:
+        ids = encode([{"role": "user", "content": question_text(p)}])
+        if cfg.method == "none":
+            programs.append(plain_generation([Generate(ids, params)]))
+            continue
+        reward = (
+            ReferenceReward(p.answer)
+            if cfg.reward == "reference"
+            else SelfReward(encode, cfg.verifier_max_tokens)
+        )
+        programs.append(latentseek(ids, question_text(p), params, ls_cfg, reward))
+    start = time.monotonic()
+    finished = [0.0] * len(problems)
+
+    def done(i, _output):
+        finished[i] = time.monotonic() - start
+        progress.update(1)
+
+    engine.start()
+    try:
+        outputs = run_programs(engine, programs, on_done=done)
+    finally:
+        engine.shutdown()
+    records = []
+    for output, seconds in zip(outputs, finished):
+        if isinstance(output, BaseException):
+            raise RuntimeError(f"a problem failed: {output!r}") from output
+        if isinstance(output, list):
+            records.append({"text": output[0].text, "latent": None, "seconds": seconds})
+        else:
+            records.append(
+                {
+                    "text": output.generation.text,
+                    "latent": output.summary(),
+                    "candidates": output.candidates,
+                    "seconds": seconds,
+                }
+            )
+    return records
+
+
+def run_remote(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]:
+    """The same requests over HTTP (`/v1/chat/completions`), `--concurrency` at a time."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    client = httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, timeout=3600)
+
+    def one(p: Problem) -> dict:
+        body = {
+            "messages": [{"role": "user", "content": question_text(p)}],
+            "max_tokens": cfg.max_tokens,
+            "temperature": 0,
+        }
+        latent = latent_field(cfg, p)
+        if latent is not None:
+            body["latent"] = latent
+        start = time.monotonic()
+        resp = client.post("/v1/chat/completions", json=body)
+        if resp.status_code != 200:
+            raise RuntimeError(f"server answered {resp.status_code}: {resp.text[:300]}")
+        data = resp.json()
+        progress.update(1)
+        return {
+            "text": data["choices"][0]["message"]["content"],
+            "latent": data.get("latent"),
+            "seconds": time.monotonic() - start,
+        }
+
+    with client, ThreadPoolExecutor(cfg.concurrency) as pool:
+        return list(pool.map(one, problems))
+
+
+# ---- scoring and reporting ---------------------------------------------------------------
+def chosen_at_budget(rewards: list[float], texts: list[str], k: int, select: str) -> str:
+    """The answer `max_steps: k` returns, given a run's rewards and candidate texts."""
+    rewards, texts = rewards[: k + 1], texts[: k + 1]
+    if select == "last":
+        return texts[-1]
+    best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
+    return texts[best]
+
+
+def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: float) -> dict:
+    from latent_ops.rewards import answers_equal, extract_answer
+
+    def correct(text: str, p: Problem) -> bool:
+        return answers_equal(extract_answer(text), p.answer)
+
+    rows = []
+    for p, r in zip(problems, records):
+        latent = r.get("latent") or {}
+        rows.append(
+            {
+                "question": p.question,
+                "gold": p.answer,
+                "answer": r["text"],
+                "extracted": extract_answer(r["text"]),
+                "correct": correct(r["text"], p),
+                "steps": latent.get("steps", 0),
+                "stopped_reason": latent.get("stopped_reason"),
+                "reward_history": latent.get("reward_history", []),
+                "seconds": round(r["seconds"], 3),
+            }
+        )
+    n = len(rows) or 1
+    by_budget = None
+    if all("candidates" in r for r in records) and cfg.method == "latentseek":
+        by_budget = {}
+        for k in range(cfg.max_steps + 1):
+            hits = 0
+            for p, r in zip(problems, records):
+                texts, rewards = r["candidates"], r["latent"]["reward_history"]
+                text = chosen_at_budget(rewards, texts, k, cfg.select) if rewards else r["text"]
+                hits += correct(text, p)
+            by_budget[k] = hits / n
+    elif cfg.method == "none":
+        by_budget = {0: sum(r["correct"] for r in rows) / n}
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    summary = {
+        "problems": len(rows),
+        "accuracy": sum(r["correct"] for r in rows) / n,
+        "mean_steps": mean(r["steps"] for r in rows),
+        "seconds_per_problem": wall / n,
+        "mean_latency_s": mean(r["seconds"] for r in rows),
+        "wall_s": wall,
+        "reward_before": mean((r.get("latent") or {}).get("initial_reward") for r in records),
+        "reward_after": mean((r.get("latent") or {}).get("final_reward") for r in records),
+        "accuracy_by_budget": by_budget,
+    }
+    return {"config": cfg.model_dump(exclude={"api_key"}), "summary": summary, "problems": rows}
+
+
+def table(report: dict) -> str:
+    s, c = report["summary"], report["config"]
+    label = c["method"] if c["method"] == "none" else f"{c['method']} ({c['reward']})"
+
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    lines = [
+        "| method | problems | accuracy | mean steps | s/problem | reward before | reward after |",
+        "|---|---|---|---|---|---|---|",
+        f"| {label} | {s['problems']} | {s['accuracy']:.3f} | {fmt(s['mean_steps'], '.2f')} "
+        f"| {s['seconds_per_problem']:.2f} | {fmt(s['reward_before'], '.3f')} "
+        f"| {fmt(s['reward_after'], '.3f')} |",
+    ]
+    if s["accuracy_by_budget"] and len(s["accuracy_by_budget"]) > 1:
+        budget = s["accuracy_by_budget"]
+        lines.append("")
+        lines.append("| step budget | " + " | ".join(str(k) for k in budget) + " |")
+        lines.append("|---|" + "---|" * len(budget))
+        lines.append("| accuracy | " + " | ".join(f"{v:.3f}" for v in budget.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = report["summary"]["accuracy_by_budget"] or {}
+    c = report["config"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    if budget:
+        ks = [int(k) for k in budget]
+        ax.plot(ks, list(budget.values()), marker="o", label=f"{c['method']} ({c['reward']})")
+        ax.axhline(budget[next(iter(budget))], color="grey", ls="--", lw=1, label="greedy")
+    ax.set_xlabel("step budget (max_steps)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, max([0.1, *budget.values()]) * 1.2 if budget else 1)
+    ax.set_title(f"{c['data']} · {c['model']} · {report['summary']['problems']} problems")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(cfg: EvalConfig) -> int:
+    from tqdm import tqdm
+
+    try:
+        problems = load_problems(cfg.data, cfg.limit)
+    except (OSError, ValueError) as exc:
+        print(f"latentserve eval: error: --data: {exc}", file=sys.stderr)
+        return 2
+    if not problems:
+        print("latentserve eval: error: --data: no problems", file=sys.stderr)
+        return 2
+    run = run_remote if cfg.url else run_in_process
+    start = time.monotonic()
+    with tqdm(total=len(problems), desc="problems", unit="problem", file=sys.stderr) as bar:
+        records = run(cfg, problems, bar)
+    report = score(cfg, problems, records, time.monotonic() - start)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    plot(report, out.with_suffix(".png"))
+    print(table(report))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return 0

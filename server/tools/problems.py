@@ -1,0 +1,90 @@
+"""Math word problems for evaluation: GSM8K-format files and a seeded synthetic generator.
+
+`load_problems(spec)` takes a path to a JSONL file in GSM8K's format (`question`, and
+`answer` ending in `#### N`) or `synthetic:N[,seed=S][,steps=A-B]`: N arithmetic word
+problems of A to B steps (default 1-3), the same set for the same seed. Problems only:
+no model, no prompts, no scoring (`server/tools/eval.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # the final answer, a number as text
+    steps: int | None = None  # operations needed (synthetic problems only)
+
+
+def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
+    if spec.startswith("synthetic:"):
+        problems = _synthetic_from_spec(spec[len("synthetic:") :])
+    else:
+        problems = list(_read_gsm8k(Path(spec)))
+    return problems[:limit] if limit is not None else problems
+
+
+def _read_gsm8k(path: Path):
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                final = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+                yield Problem(row["question"], final)
+            except (ValueError, KeyError, IndexError, AttributeError) as exc:
+                raise ValueError(f"{path}:{n}: not a GSM8K row ({exc})") from exc
+
+
+def _synthetic_from_spec(text: str) -> list[Problem]:
+    parts = text.split(",")
+    try:
+        n = int(parts[0])
+        options = dict(p.split("=", 1) for p in parts[1:])
+        seed = int(options.pop("seed", 0))
+        lo, _, hi = options.pop("steps", "1-3").partition("-")
+        steps = (int(lo), int(hi or lo))
+    except ValueError as exc:
+        raise ValueError(f"bad synthetic spec {text!r}: want N[,seed=S][,steps=A-B]") from exc
+    if options or n < 0 or not 1 <= steps[0] <= steps[1] <= 3:
+        raise ValueError(f"bad synthetic spec {text!r}: want N[,seed=S][,steps=A-B], 1<=A<=B<=3")
+    return synthetic_problems(n, seed=seed, steps=steps)
+
+
+_NAMES = ["Tom", "Anna", "Ravi", "Mia", "Leo", "Sara", "Omar", "Lena", "Ken", "Ada"]
+_ITEMS = ["apples", "marbles", "stickers", "books", "cookies", "pencils", "coins", "cards"]
+
+
+def synthetic_problems(n: int, seed: int = 0, steps: tuple[int, int] = (1, 3)) -> list[Problem]:
+    """n problems with small whole-number answers; each step is one +, -, or x."""
+    rng = random.Random(seed)
+    return [_one_problem(rng, rng.randint(*steps)) for _ in range(n)]
+
+
+def _one_problem(rng: random.Random, steps: int) -> Problem:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    value = rng.randint(2, 20)
+    sentences = [f"{name} has {value} {item}."]
+    for _ in range(steps):
+        op = rng.choice(["add", "sub", "mul"] if value <= 30 else ["add", "sub"])
+        if op == "add":
+            k = rng.randint(2, 15)
+            value += k
+            sentences.append(f"{name} gets {k} more {item}.")
+        elif op == "sub" and value > 2:
+            k = rng.randint(1, value - 1)
+            value -= k
+            sentences.append(f"{name} gives away {k} {item}.")
+        else:
+            k = rng.randint(2, 4)
+            value *= k
+            times = {2: "twice", 3: "three times", 4: "four times"}[k]
+            sentences.append(f"Then the number of {item} {name} has becomes {times} as many.")
+    question = " ".join(sentences) + f" How many {item} does {name} have now?"
+    return Problem(question, str(value), steps)
