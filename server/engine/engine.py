@@ -225,11 +225,15 @@ class Engine:
 
     def _step(self) -> None:
         now = time.monotonic()
-        for seq in self.runner.running:
-            if seq.params.deadline is not None and now >= seq.params.deadline:
-                self.runner.finish(seq, "deadline")
+        expired = [
+            seq
+            for seq in self.runner.running
+            if seq.params.deadline is not None and now >= seq.params.deadline and not seq.finished
+        ]
+        for seq in expired:  # they leave the batch in this step, undecoded: answer them here
+            self.runner.finish(seq, "deadline")
         try:
-            stepped = self.runner.step()
+            stepped = expired + self.runner.step()
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its own requests only
             log.exception("runner step failed")
             self._fail_batch(exc)

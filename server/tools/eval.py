@@ -168,13 +168,13 @@ def run_remote(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]
 
 
 # ---- scoring and reporting ---------------------------------------------------------------
-def chosen_at_budget(rewards: list[float], texts: list[str], k: int, select: str) -> str:
-    """The answer `max_steps: k` returns, given a run's rewards and candidate texts."""
-    rewards, texts = rewards[: k + 1], texts[: k + 1]
+def chosen_at_budget(rewards: list[float], candidates: list, k: int, select: str):
+    """The candidate `max_steps: k` returns, given a run's rewards (one per candidate)."""
+    rewards, candidates = rewards[: k + 1], candidates[: k + 1]
     if select == "last":
-        return texts[-1]
+        return candidates[-1]
     best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
-    return texts[best]
+    return candidates[best]
 
 
 def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: float) -> dict:
@@ -201,17 +201,23 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
         )
     n = len(rows) or 1
     by_budget = None
-    if all("candidates" in r for r in records) and cfg.method == "latentseek":
-        by_budget = {}
-        for k in range(cfg.max_steps + 1):
-            hits = 0
-            for p, r in zip(problems, records):
-                texts, rewards = r["candidates"], r["latent"]["reward_history"]
-                text = chosen_at_budget(rewards, texts, k, cfg.select) if rewards else r["text"]
-                hits += correct(text, p)
-            by_budget[k] = hits / n
-    elif cfg.method == "none":
+    if cfg.method == "none":
         by_budget = {0: sum(r["correct"] for r in rows) / n}
+    elif all("candidates" in r or cfg.reward == "reference" for r in records):
+        # candidate i was right: judged from its text in process; over HTTP the reference
+        # reward itself says so (0 exactly when the extracted answer matches)
+        by_budget = {k: 0.0 for k in range(cfg.max_steps + 1)}
+        for p, r in zip(problems, records):
+            rewards = r["latent"]["reward_history"]
+            if "candidates" in r:
+                right = [correct(t, p) for t in r["candidates"]]
+            else:
+                right = [x == 0.0 for x in rewards]
+            for k in by_budget:
+                if rewards:
+                    by_budget[k] += chosen_at_budget(rewards, right, k, cfg.select) / n
+                else:  # nothing was scored (reward error, budget): the returned answer
+                    by_budget[k] += correct(r["text"], p) / n
 
     def mean(values):
         values = [v for v in values if v is not None]
@@ -272,7 +278,8 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylim(0, max([0.1, *budget.values()]) * 1.2 if budget else 1)
     ax.set_title(f"{c['data']} · {c['model']} · {report['summary']['problems']} problems")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if budget:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,16 +1,11 @@
-"""LatentSeek through the engine against a straightforward implementation of the paper.
-
-The reference below follows the paper's code pattern: no KV cache (every token re-runs the
-whole sequence), autograd on -R * sum log softmax(W z)[argmax], torch.optim.Adam, argmax
-tokens back into the model, greedy continuation, stop when R > threshold; `select="last"`.
-"""
-
-import math
+"""LatentSeek through the engine against a straightforward implementation of the paper
+(`latent_ops/paper_reference.py`: no KV cache, autograd + torch.optim.Adam, one request at
+a time, `select="last"`)."""
 
 import pytest
-import torch
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
+from latent_ops.paper_reference import paper_latentseek
 from latent_ops.program import SamplingParams
 from latent_ops.rewards import ReferenceReward, RegexReward
 from server.engine.engine import Engine
@@ -18,56 +13,6 @@ from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
 
 EOS = 2
-
-
-def _greedy_uncached(model, ids, max_new):
-    out = []
-    for _ in range(max_new):
-        with torch.no_grad():
-            logits = model(torch.tensor([ids + out])).logits[0, -1]
-        out.append(int(logits.argmax()))
-        if out[-1] == EOS:
-            break
-    return out
-
-
-def paper_latentseek(model, tok, prompt, max_new, cfg, reward):
-    ids = tok(prompt)["input_ids"]
-    y = _greedy_uncached(model, ids, max_new)
-
-    def score(tokens):
-        gen = reward.score(prompt, tok.decode(tokens, skip_special_tokens=True))
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-    history = [score(y)]
-    if history[-1] > cfg.threshold:
-        return tok.decode(y, skip_special_tokens=True), history
-    n = min(math.floor(cfg.fraction * len(y)), cfg.max_update_tokens)
-    with torch.no_grad():
-        hidden = model.model(torch.tensor([ids + y[:-1]])).last_hidden_state[0, len(ids) - 1 :]
-    z = torch.nn.Parameter(hidden[:n].clone())
-    opt = torch.optim.Adam([z], lr=cfg.lr)
-    head = model.lm_head.weight
-    for _ in range(cfg.max_steps):
-        logp = torch.log_softmax(z @ head.T, dim=-1)
-        loss = -history[-1] * logp.gather(1, logp.argmax(1, keepdim=True)).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            prefix = (z @ head.T).argmax(1).tolist()
-        if EOS in prefix:
-            prefix = prefix[: prefix.index(EOS) + 1]
-            y = prefix
-        else:
-            y = prefix + _greedy_uncached(model, ids + prefix, max_new - len(prefix))
-        history.append(score(y))
-        if history[-1] > cfg.threshold:
-            break
-    return tok.decode(y, skip_special_tokens=True), history
 
 
 def run_programs(model, tok, programs, max_batch_size=8, runner=None):
@@ -89,8 +34,8 @@ PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compu
 def test_engine_equals_the_papers_algorithm(model, tok, prompt):
     cfg = LatentSeekConfig(max_steps=4, lr=0.05, fraction=0.4, select="last")
     reward = ReferenceReward("72")
-    ref_text, ref_history = paper_latentseek(model, tok, prompt, 20, cfg, reward)
     ids = tok(prompt)["input_ids"]
+    ref_text, ref_history, _ = paper_latentseek(model, tok, ids, prompt, 20, cfg, reward, {EOS})
     program = latentseek(ids, prompt, SamplingParams(max_tokens=20), cfg, reward)
     runner = ModelRunner(model, eos_token_ids={EOS})
     [out], updates = run_programs(model, tok, [program], runner=runner)
@@ -202,3 +147,21 @@ def test_webhook_reward_through_the_engine(model, tok, grader):
     # a webhook that times out ends that request with its first (greedy) answer
     assert slow_out.stopped_reason == "reward_error" and slow_out.reward_history == []
     assert slow_out.generation.text == plain_out.text
+
+
+def test_time_budget_is_a_deadline(model, tok):
+    import time
+
+    budget_ms = 1500
+    cfg = LatentSeekConfig(max_steps=50, fraction=0.5, time_budget_ms=budget_ms)
+    ids = tok(PROMPTS[1])["input_ids"]
+    params = SamplingParams(max_tokens=32)
+    program = latentseek(ids, PROMPTS[1], params, cfg, ReferenceReward("-1"))
+    start = time.monotonic()
+    [out], _ = run_programs(model, tok, [program])
+    elapsed = time.monotonic() - start
+    assert out.stopped_reason == "time_budget" and out.steps < 50
+    # at most one decode step (generously 0.25 s on a loaded CI machine) plus 10% over
+    assert budget_ms / 1000 <= elapsed <= budget_ms / 1000 * 1.1 + 0.25
+    assert out.refinement_time_ms <= budget_ms * 1.1 + 250
+    assert out.generation.text  # the best answer so far, not nothing

@@ -1,0 +1,126 @@
+"""LatentSeek speed: the engine against the paper's code pattern, and concurrency.
+
+    python -m server.tools.bench_latentseek [--model default] [--requests 4] [--steps 3]
+
+Two comparisons, each in this one run on the same model and prompts (GSM8K questions from
+`--data`, chat template, greedy), with a reference reward no answer can meet so every
+request runs exactly `--steps` refinement steps:
+1. per request, one at a time: `latent_ops.paper_reference.paper_latentseek` (uncached
+   decoding, autograd + torch.optim.Adam) against the engine (KV cache, the prompt's KV
+   reused across iterations, closed-form latent update); the texts and reward histories
+   must be equal, or the run says so;
+2. the same `--requests` requests through the engine one by one against all at once
+   (one batched decode and one batched latent update per step across requests).
+Prints a Markdown table (and JSON with --json). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+UNREACHABLE = "-987654321"  # a reference answer nothing extracts to: every step runs
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="refinement steps per request")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = parser.parse_args(argv)
+
+    from latent_ops.latentseek import LatentSeekConfig, latentseek
+    from latent_ops.paper_reference import paper_latentseek
+    from latent_ops.program import SamplingParams
+    from latent_ops.rewards import ReferenceReward
+    from server.engine.engine import build_engine, eos_token_ids, run_programs
+    from server.engine.loader import load_model
+    from server.refinement import chat_encoder
+    from server.tools.problems import load_problems
+
+    loaded = load_model(args.model, device="cpu", dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
+    encode = chat_encoder(tok)
+    eos = eos_token_ids(model, tok)
+    problems = load_problems(args.data, args.requests)
+    prompts = [(encode([{"role": "user", "content": p.question}]), p.question) for p in problems]
+    cfg = LatentSeekConfig(
+        max_steps=args.steps, lr=args.lr, fraction=args.fraction, select="last", threshold=-0.2
+    )
+    reward = ReferenceReward(UNREACHABLE)
+    params = SamplingParams(max_tokens=args.max_tokens)
+    engine = build_engine(loaded, max_batch_size=max(8, args.requests))
+    engine.start()
+
+    def programs(subset):
+        return [latentseek(ids, text, params, cfg, reward) for ids, text in subset]
+
+    run_programs(engine, programs(prompts[:1]))  # warm-up
+
+    paper, ours, same = [], [], []
+    for ids, text in prompts:
+        start = time.perf_counter()
+        ref_text, ref_history, _ = paper_latentseek(
+            model, tok, ids, text, args.max_tokens, cfg, reward, eos
+        )
+        paper.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        [out] = run_programs(engine, programs([(ids, text)]))
+        ours.append(time.perf_counter() - start)
+        same.append(out.generation.text == ref_text and out.reward_history == ref_history)
+        print(
+            f"request {len(ours)}: paper pattern {paper[-1]:.1f} s, engine {ours[-1]:.2f} s, "
+            f"steps {out.steps}, answer tokens {len(out.generation.token_ids)}, "
+            f"same text and rewards: {same[-1]}",
+            flush=True,
+        )
+
+    start = time.perf_counter()
+    together = run_programs(engine, programs(prompts))
+    concurrent_s = time.perf_counter() - start
+    engine.shutdown()
+    one_by_one_s = sum(ours)
+    tokens = sum(o.refinement_tokens + len(o.generation.token_ids) for o in together)
+    figures = {
+        "model": loaded.name,
+        "requests": len(prompts),
+        "steps": args.steps,
+        "paper_pattern_s_per_request": sum(paper) / len(paper),
+        "engine_s_per_request": one_by_one_s / len(ours),
+        "speedup_vs_paper": sum(paper) / one_by_one_s,
+        "same_texts_and_rewards": all(same),
+        "one_by_one_s": one_by_one_s,
+        "concurrent_s": concurrent_s,
+        "concurrency_throughput_gain": one_by_one_s / concurrent_s,
+        "concurrent_tokens": tokens,
+    }
+    print()
+    print("| | seconds | ratio |")
+    print("|---|---|---|")
+    print(
+        f"| paper pattern, per request ({args.steps} steps) "
+        f"| {figures['paper_pattern_s_per_request']:.1f} | 1.00x |"
+    )
+    print(
+        f"| engine, per request, one at a time | {figures['engine_s_per_request']:.2f} "
+        f"| {figures['speedup_vs_paper']:.1f}x faster |"
+    )
+    print(f"| engine, {len(prompts)} requests one by one | {one_by_one_s:.2f} | 1.00x |")
+    print(
+        f"| engine, {len(prompts)} requests at once | {concurrent_s:.2f} "
+        f"| {figures['concurrency_throughput_gain']:.2f}x throughput |"
+    )
+    print(f"\nsame texts and reward histories as the paper pattern: {all(same)}")
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
