@@ -1,4 +1,5 @@
-"""latent_pg_step against autograd + torch.optim.Adam on irregular shapes."""
+"""latent_pg_step against autograd + torch.optim.Adam on irregular shapes, for both the
+torch path and the Triton kernels (CPU tensors under TRITON_INTERPRET=1, set in conftest)."""
 
 import pytest
 import torch
@@ -24,17 +25,20 @@ def _inputs(n, d, v, dtype, seed):
     return z, weight, reward, lr, exp_avg, exp_avg_sq, step
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n, d, v", [(1, 64, 1537), (7, 96, 4099), (33, 64, 4099)])
-def test_torch_path_matches_autograd_adam(n, d, v, dtype):
+def test_matches_autograd_adam(n, d, v, dtype, impl):
     seed = n * 1_000_003 + d * 10_007 + v + (7 if dtype == torch.bfloat16 else 0)
+    seed += 101 if impl == "triton" else 0  # fresh inputs per case
     args = _inputs(n, d, v, dtype, seed)
     ref = [a.clone() for a in args]
     ours = [a.clone() for a in args]
     z0 = args[0].clone()
     ref_tokens = latent_pg_step_autograd(*ref)
-    ours_tokens = torch.full((n,), -7, dtype=torch.long)  # poisoned before the call
-    ours_tokens = latent_pg_step(*ours, impl="torch")
+    poisoned = torch.full((n,), -7, dtype=torch.long)  # every entry must be overwritten
+    ours_tokens = latent_pg_step(*ours, impl=impl, out=poisoned)
+    assert ours_tokens is poisoned
     update = (ref[0] - z0).norm(dim=1, keepdim=True).clamp_min(1e-12)
     err = (ours[0] - ref[0]).norm(dim=1, keepdim=True) / update
     assert err.max() <= TOL[dtype], err.max()
@@ -51,3 +55,22 @@ def test_torch_path_matches_autograd_adam(n, d, v, dtype):
 def test_unknown_impl_is_refused():
     with pytest.raises(ValueError):
         latent_pg_step(*_inputs(1, 64, 100, torch.float32, 0), impl="cuda-magic")
+
+
+def test_auto_picks_torch_for_cpu_tensors(monkeypatch):
+    import kernels.reference
+
+    called = []
+    real = kernels.reference.latent_pg_step_torch
+    monkeypatch.setattr(
+        "kernels.latent_pg_step_torch", lambda *a, **k: called.append(1) or real(*a, **k)
+    )
+    latent_pg_step(*_inputs(2, 64, 300, torch.float32, 1))
+    assert called == [1]
+
+
+def test_triton_refuses_non_contiguous_latents():
+    args = list(_inputs(4, 64, 300, torch.float32, 2))
+    args[0] = torch.randn(64, 4).T  # [4, 64], not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        latent_pg_step(*args, impl="triton")
