@@ -21,6 +21,7 @@ UPDATE_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 P = "latentserve:"
+METHODS = ("none", "latentseek")  # request methods served so far ("none" = plain)
 
 
 class Metrics:
@@ -109,6 +110,23 @@ class Metrics:
             buckets=ROW_BUCKETS,
             registry=r,
         )
+
+        # Known label values start at zero, so dashboards and alerts see the series (and a
+        # rate of 0) before the first event of each kind, as vLLM does.
+        for reason in ("stop", "length", "abort", "deadline"):
+            self.request_success.labels(finished_reason=reason)
+        self.request_failure.labels(reason="error")
+        self.admission_rejections.labels(reason="queue_full")
+        for method in METHODS:
+            self.e2e_request_latency.labels(method=method)
+        for method in METHODS[1:]:
+            for child in (
+                self.refinement_tokens,
+                self.refinement_duration,
+                self.refinement_steps,
+                self.reward_gain,
+            ):
+                child.labels(method=method)
 
     def bind_engine(self, engine, device_memory) -> None:
         """Gauges read live values at scrape time."""
