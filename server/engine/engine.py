@@ -379,6 +379,7 @@ class Engine:
             list(need.prompt_ids) + prefix,
             replace(params, max_tokens=params.max_tokens - len(prefix)),
         )
+        seq.priority = req.stats.arrival
         if need.cache_prompt:
             seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
         req.seqs[seq.seq_id] = (seq, slot)

@@ -27,8 +27,8 @@ logits are `lm_head(final_norm(h))` (Llama, Qwen2, Mistral without sliding windo
 
 from __future__ import annotations
 
+import bisect
 import random
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +54,10 @@ class Sequence:
     # prompt starts with those tokens prefills only the rest.
     cache_key: object = None
     cache_len: int = 0
+    # Admission order: lower first, ties in arrival order. The engine passes its request's
+    # arrival time, so a refinement's next continuation goes ahead of newer requests
+    # (first come, first served by request, as vLLM schedules).
+    priority: float = 0.0
 
     @property
     def finished(self) -> bool:
@@ -88,7 +92,7 @@ class ModelRunner:
         )
         self.eos_token_ids = set(eos_token_ids or ())
         self.pad_token_id = pad_token_id
-        self.waiting: deque[Sequence] = deque()
+        self.waiting: list[Sequence] = []  # sorted by (priority, seq_id)
         self.running: list[Sequence] = []
         # Batch state, one row per running sequence (None when nothing runs):
         self.cache: DynamicCache | None = None  # layers of [B, kv_heads, Lb, head_dim]
@@ -106,7 +110,7 @@ class ModelRunner:
         if seq.params.seed is not None or not seq.params.greedy:
             seed = seq.params.seed if seq.params.seed is not None else random.getrandbits(62)
             seq.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.waiting.append(seq)
+        bisect.insort(self.waiting, seq, key=lambda s: (s.priority, s.seq_id))
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence; it leaves the batch at the start of the next step."""
@@ -150,7 +154,7 @@ class ModelRunner:
             stepped.extend(self.running)
         free = self.max_batch_size - len(self.running)
         if free > 0 and self.waiting:
-            admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            admitted, self.waiting = self.waiting[:free], self.waiting[free:]
             self._prefill(admitted)
             stepped.extend(admitted)
         return stepped

@@ -162,3 +162,18 @@ def test_prefix_cache_reuse_gives_the_same_tokens_and_skips_the_prompt(model, to
         assert seq.output_ids == _generate(model, seq.prompt_ids, 9)
     runner.release("k0")
     assert "k0" not in runner.prefix_cache
+
+
+def test_waiting_sequences_are_admitted_by_priority_then_arrival(model, tok):
+    runner = ModelRunner(model, max_batch_size=1, eos_token_ids={2})
+    ids = tok("abc")["input_ids"]
+    seqs = [
+        Sequence(i, ids, SamplingParams(max_tokens=1), priority=p)
+        for i, p in enumerate([5.0, 1.0, 5.0, 0.5])
+    ]
+    for seq in seqs:
+        runner.add(seq)
+    order = []
+    while runner.has_work:
+        order += [s.seq_id for s in runner.step() if s.finished]
+    assert order == [3, 1, 0, 2]
