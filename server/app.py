@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from fastapi.responses import JSONResponse, Response
 
 from server.config import ServerConfig
 from server.errors import error_response, install_error_handlers
+from server.logs import request_id
 from server.metrics import Metrics
 from server.protocol import ModelCard, ModelList, now
 
 log = logging.getLogger("latentserve")
+access = logging.getLogger("latentserve.access")
 
 
 @dataclass
@@ -48,8 +51,8 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         max_batch_size=config.max_batch_size,
         max_model_len=config.max_model_len,
         max_queued_requests=config.max_queued_requests,
-        on_finish=metrics.record_request,
-        on_latent_update=metrics.record_latent_update,
+        on_finish=lambda stats: _finished(metrics if config.enable_metrics else None, stats),
+        on_latent_update=metrics.record_latent_update if config.enable_metrics else None,
     )
     metrics.bind_engine(engine, _device_memory_fn(engine.runner.device, loaded.model))
     engine.start()
@@ -60,6 +63,28 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         model_name=config.served_model_name or loaded.name,
         max_model_len=engine.runner.max_model_len,
         metrics=metrics,
+    )
+
+
+def _finished(metrics: Metrics | None, stats) -> None:
+    """Engine callback per finished request: metrics, then one structured log line."""
+    if metrics is not None:
+        metrics.record_request(stats)
+    if not log.isEnabledFor(logging.INFO):
+        return
+    end = stats.finished or stats.arrival
+    log.info(
+        "request finished",
+        extra={
+            "request_id": stats.trace_id or stats.request_id,
+            "method": stats.method,
+            "outcome": stats.outcome,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "refinement_tokens": stats.refinement_tokens,
+            "latency_ms": round((end - stats.arrival) * 1000, 2),
+            "refinement": stats.refinement,
+        },
     )
 
 
@@ -95,7 +120,27 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     @app.middleware("http")
     async def request_context(request: Request, call_next):
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if len(rid) > 128 or not rid.isprintable():
+            rid = uuid.uuid4().hex  # the id goes into logs and headers: keep it tame
         request.state.request_id = rid
+        request_id.set(rid)
+        start = time.monotonic()
+        response = await _guarded(request, call_next, rid)
+        access.info(
+            "%s %s %d",
+            request.method,
+            request.url.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "duration_ms": round((time.monotonic() - start) * 1000, 2),
+            },
+        )
+        return response
+
+    async def _guarded(request: Request, call_next, rid: str):
         length = request.headers.get("content-length", "0")
         if not length.isdigit() or int(length) > config.max_request_bytes:
             response = error_response(
@@ -129,6 +174,8 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_route():
+        if not config.enable_metrics:
+            return error_response(404, "metrics are disabled (--no-enable-metrics)")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     from server.openai_routes import router
@@ -143,11 +190,10 @@ def serve(config: ServerConfig) -> int:
 
     import uvicorn
 
+    from server import logs
     from server.engine.loader import ModelLoadError, load_model
 
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(config.log_level, config.log_format)
     # Load before binding the port, so a bad --model is one line and exit status 1.
     try:
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
@@ -159,6 +205,8 @@ def serve(config: ServerConfig) -> int:
         host=config.host,
         port=config.port,
         log_level=config.log_level,
+        log_config=None,  # keep our handlers (server/logs.py)
+        access_log=False,  # our middleware writes one access line per request, with its id
         timeout_graceful_shutdown=30,
     )
     return 0

@@ -69,3 +69,9 @@ class ServerConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log verbosity"
     )
+    enable_metrics: bool = Field(
+        True, description="record Prometheus metrics and serve /metrics (off: 404)"
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="log lines as JSON objects (with request ids) or plain text"
+    )

@@ -2,7 +2,8 @@
 
 Every failure path of the HTTP layer ends here: request validation (FastAPI's 422 becomes
 400, as vLLM and SGLang do), our own `APIError`s, Starlette's HTTP errors (404 route,
-405 method) and unexpected exceptions (500, with the request id so logs can be matched).
+405 method) and unexpected exceptions (500). Every error object also carries the request
+id (`server/logs.py`), the key to the server's log lines about that request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.logs import request_id
 
 log = logging.getLogger("latentserve.http")
 
@@ -43,12 +46,14 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error object, plus the request id (matches the logs and `x-request-id`)."""
     return {
         "error": {
             "message": message,
             "type": _TYPES.get(status, "Error"),
             "param": param,
             "code": status,
+            "request_id": request_id.get(),
         }
     }
 
@@ -90,6 +95,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        rid = getattr(request.state, "request_id", "-")
-        log.exception("unhandled error in request %s", rid)
+        rid = request_id.get() or "-"
+        log.exception("unhandled error")
         return error_response(500, f"internal error (request id {rid})")

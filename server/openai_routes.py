@@ -132,7 +132,12 @@ def _submit(request: Request, state, program, method: str) -> _Submission:
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     try:
-        state.engine.submit(rid, program, sink, RequestStats(request_id=rid, method=method))
+        state.engine.submit(
+            rid,
+            program,
+            sink,
+            RequestStats(request_id=rid, method=method, trace_id=request.state.request_id),
+        )
     except QueueFull as exc:
         state.metrics.admission_rejections.labels(reason="queue_full").inc()
         raise APIError(

@@ -10,7 +10,7 @@ import torch
 from server.app import build_app
 from server.config import ServerConfig
 from server.engine.loader import DEFAULT_MODEL_NAME, load_model, resolve_model_dir
-from tests.live_server import LiveServer
+from server.tools.live import LiveServer
 
 pytestmark = pytest.mark.slow
 

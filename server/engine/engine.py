@@ -72,8 +72,9 @@ class Failed:
 class RequestStats:
     """What happened to one request, for metrics and logs. Times are time.monotonic()."""
 
-    request_id: str
+    request_id: str  # the engine's id (unique per submission)
     method: str = "none"
+    trace_id: str | None = None  # the HTTP request id (x-request-id), for logs
     arrival: float = 0.0
     scheduled: float | None = None  # first sequence admitted to the batch
     first_token: float | None = None

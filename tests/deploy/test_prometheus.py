@@ -73,7 +73,7 @@ def scraped(tiny_model_dir, tmp_path_factory):
     """A tiny-model server with traffic behind it, and a Prometheus that scraped it."""
     from server.app import build_app
     from server.config import ServerConfig
-    from tests.live_server import LiveServer
+    from server.tools.live import LiveServer
 
     binary = _prometheus_bin()
     config = ServerConfig(

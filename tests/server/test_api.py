@@ -8,7 +8,7 @@ import pytest
 
 from server.app import build_app
 from server.config import ServerConfig
-from tests.live_server import LiveServer
+from server.tools.live import LiveServer
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,8 @@ def test_bad_completion_requests(server, body, status, param):
     resp = httpx.post(server.url + "/v1/completions", json=body)
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
+    assert set(err) == {"message", "type", "param", "code", "request_id"}
+    assert err["request_id"] == resp.headers["x-request-id"]
     assert err["param"] == param and err["code"] == status and err["message"]
 
 

@@ -1,4 +1,4 @@
-"""Run a real uvicorn server for an app in a background thread (tests only)."""
+"""Run a real uvicorn server for an app in a background thread (tests and benchmarks)."""
 
 from __future__ import annotations
 
