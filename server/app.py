@@ -148,10 +148,14 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
             )
             response.headers["x-request-id"] = rid
             return response
-        if config.api_key and request.url.path.startswith("/v1/"):
+        path = request.url.path
+        key = config.api_key if path.startswith("/v1/") else None
+        if path == "/metrics":
+            key = config.metrics_api_key
+        if key:
             header = request.headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+            if not hmac.compare_digest(token.encode(), key.encode()):
                 response = error_response(401, "invalid or missing API key")
                 response.headers["x-request-id"] = rid
                 return response
@@ -207,6 +211,6 @@ def serve(config: ServerConfig) -> int:
         log_level=config.log_level,
         log_config=None,  # keep our handlers (server/logs.py)
         access_log=False,  # our middleware writes one access line per request, with its id
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=config.drain_timeout,
     )
     return 0

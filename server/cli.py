@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="accuracy of greedy or LatentSeek on math word problems")
     add_config_flags(evaluate, EvalConfig)
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    from server.tools import bench_serve
+
+    bench_serve.add_arguments(bench.add_parser("serve", help="load an OpenAI-compatible server"))
     return parser
 
 
@@ -107,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValidationError as exc:
             parser.exit(2, f"latentserve eval: error: {_validation_message(exc)}\n")
         return eval_main(config)
+    if ns.command == "bench":
+        from server.tools import bench_serve
+
+        summary = bench_serve.run(ns)
+        return 0 if summary["successful_requests"] else 1
     return 2
 
 

@@ -46,6 +46,21 @@ class ServerConfig(BaseModel):
         description="require 'Authorization: Bearer KEY' on /v1/* (env LATENTSERVE_API_KEY)",
         json_schema_extra={"env": "LATENTSERVE_API_KEY"},
     )
+    request_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a request may take; then it answers what it has "
+        "(plain: finish_reason length; refinement: its best answer). Default: no limit",
+    )
+    drain_timeout: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds in-flight requests get to finish"
+    )
+    metrics_api_key: str | None = Field(
+        None,
+        description="require 'Authorization: Bearer KEY' on /metrics "
+        "(env LATENTSERVE_METRICS_API_KEY; default: /metrics is open)",
+        json_schema_extra={"env": "LATENTSERVE_METRICS_API_KEY"},
+    )
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="largest request body in bytes; beyond it, 413"
     )

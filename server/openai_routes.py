@@ -52,7 +52,10 @@ from server.protocol import (
 from server.refinement import build_program, chat_encoder
 
 router = APIRouter()
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)}
+_ERRORS = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream: true"},
+    **{code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)},
+}
 
 
 # ---- validation and request building ------------------------------------------------

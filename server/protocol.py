@@ -256,6 +256,7 @@ class ErrorInfo(BaseModel):
     type: str
     param: str | None = None
     code: int | str | None = None
+    request_id: str | None = None  # also the x-request-id header; the key to the logs
 
 
 class ErrorResponse(BaseModel):

@@ -4,11 +4,16 @@
 Plain generation (no `latent`, or method `none`) is one `Generate` need per prompt and
 choice; `latentseek` wraps one prompt in `latent_ops.latentseek.latentseek` with its
 reward. Limits that only the server knows (`--max-refinement-steps`,
-`--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit.
+`--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit, and
+`--request-timeout` becomes each request's deadline (plain generation stops there and
+answers what it has with `finish_reason: "length"`; refinement returns its best answer
+with `stopped_reason: "time_budget"`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import fields
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
@@ -23,7 +28,7 @@ from latent_ops.rewards import (
 from server.errors import APIError
 
 
-def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0):
+def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0, deadline=None):
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -31,6 +36,7 @@ def sampling_params(body, max_tokens: int, logprobs: int | None, choice: int = 0
         seed=None if body.seed is None else body.seed + choice,
         stop=body.stop_list(),
         logprobs=logprobs,
+        deadline=deadline,
     )
 
 
@@ -50,11 +56,13 @@ def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode
     encode_chat(messages) -> token ids renders verifier prompts for the self reward.
     """
     spec = body.latent
+    timeout = config.request_timeout
     if spec is None or spec.method == "none":
+        deadline = None if timeout is None else time.monotonic() + timeout
         needs = [
             Generate(
                 ids,
-                sampling_params(body, budgets[i], logprobs, j),
+                sampling_params(body, budgets[i], logprobs, j, deadline),
                 stream_index=i * body.n + j if body.stream else None,
             )
             for i, ids in enumerate(prompts)
@@ -78,6 +86,11 @@ def latentseek_config(spec, config) -> LatentSeekConfig:
         if getattr(spec, f.name, None) is not None
     }
     cfg = LatentSeekConfig(**given)
+    if config.request_timeout is not None:  # the server-wide deadline caps the budget
+        cfg.time_budget_ms = min(
+            cfg.time_budget_ms if cfg.time_budget_ms is not None else math.inf,
+            config.request_timeout * 1000,
+        )
     if cfg.max_steps > config.max_refinement_steps:
         raise APIError(
             400,

@@ -332,6 +332,7 @@ def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
         sorted_probs, order = probs.sort(descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        drop[0] = False  # a top_p below fp32's smallest number compares as 0 (fuzzing found it)
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

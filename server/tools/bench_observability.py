@@ -1,7 +1,7 @@
 """What metrics and logging cost: plain-request throughput with them on and off, one run.
 
     python -m server.tools.bench_observability [--model default] [--rounds 3] \
-        [--num-prompts 32] [--concurrency 8] [--max-tokens 32]
+        [--num-requests 32] [--concurrency 8] [--max-tokens 32]
 
 Loads the model once, then for each round starts the server in this process twice, in
 alternating order (on/off, then off/on, ...): "on" is the default (Prometheus metrics
@@ -25,7 +25,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args(argv)
@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     from server.tools.live import LiveServer
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
-    bodies = build_requests(args.data, args.num_prompts, args.max_tokens, 0.0, 0)
+    bodies = build_requests(args.data, args.num_requests, args.max_tokens, 0.0, 0)
     sink = io.StringIO()  # JSON log lines are formatted and written, just not to the terminal
     settings = {
         "on": dict(enable_metrics=True, log_level="info"),

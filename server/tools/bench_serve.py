@@ -1,13 +1,14 @@
 """Serving benchmark: a load generator for any OpenAI-compatible server, reported like
 `vllm bench serve`.
 
-    python -m server.tools.bench_serve --url http://127.0.0.1:8000 --num-prompts 64 \
-        --concurrency 8 --max-tokens 64 [--refined-share 0.25] [--json out.json]
+    latentserve bench serve --url http://127.0.0.1:8000 --num-requests 64 \
+        --concurrency 8 --max-tokens 64 [--latent-fraction 0.25] [--json out.json]
 
-Sends `--num-prompts` streamed chat completions built from GSM8K questions (`--data`),
+Sends `--num-requests` streamed chat completions built from GSM8K questions (`--data`),
 at most `--concurrency` in flight and, with `--request-rate R`, arrivals as a Poisson
-process of R requests/s. With `--refined-share s`, that share of requests carries a
-LatentSeek `latent` field (reference reward with the problem's answer, `--refine-steps`).
+process of R requests/s. With `--latent-fraction f`, that share of requests carries a
+LatentSeek `latent` field (reference reward with the problem's answer, `--refine-steps`);
+a peer server without refinement is measured with f = 0.
 Reports successful and failed requests, duration, request throughput, output tokens/s,
 and mean/median/p99 of time to first token (TTFT), time per output token after the first
 (TPOT), inter-token latency between streamed chunks (ITL) and end-to-end latency, as a
@@ -187,21 +188,32 @@ def table(summary: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server root")
     parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--request-rate", type=float, default=float("inf"))
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument(
+        "--request-rate", type=float, default=float("inf"), help="Poisson arrivals per second"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--refined-share", type=float, default=0.0)
+    parser.add_argument(
+        "--latent-fraction", type=float, default=0.0, help="share of requests refined"
+    )
     parser.add_argument("--refine-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the summary here")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args) -> dict:
     bodies = build_requests(
-        args.data, args.num_prompts, args.max_tokens, args.refined_share, args.refine_steps
+        args.data, args.num_requests, args.max_tokens, args.latent_fraction, args.refine_steps
     )
     results, wall = asyncio.run(
         run_load(args.url, bodies, args.concurrency, args.request_rate, args.seed)

@@ -177,3 +177,12 @@ def test_waiting_sequences_are_admitted_by_priority_then_arrival(model, tok):
     while runner.has_work:
         order += [s.seq_id for s in runner.step() if s.finished]
     assert order == [3, 1, 0, 2]
+
+
+def test_tiny_top_p_keeps_the_most_likely_token(model, tok):
+    # 1e-300 becomes 0.0 in fp32: every token compared >= it and was dropped (a crash)
+    runner = ModelRunner(model, max_batch_size=1, eos_token_ids={2})
+    ids = tok("hello")["input_ids"]
+    seq = Sequence(0, ids, SamplingParams(max_tokens=6, temperature=2.0, top_p=1e-300, seed=3))
+    _run(runner, [seq], [0])
+    assert seq.output_ids == _generate(model, ids, 6)  # only the argmax survives: greedy
