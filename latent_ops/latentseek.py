@@ -10,7 +10,9 @@ Per request, no weight changes; the latents of the answer do (ALGORITHMS.md §1)
    the rows of all refining requests in one `kernels.latent_pg_step` call), the argmax
    tokens of the updated latents become the answer's prefix (cut after a stop token), the
    model greedily continues it (a `Generate` need with `prefix_ids`: the prompt's KV cache
-   is reused), and the new answer is scored.
+   is reused), and the new answer is scored. A prefix equal to the first U tokens of an
+   answer already decoded gives that answer again without decoding (greedy decoding is
+   deterministic), and a deterministic reward's score of a text seen before is reused.
 Returns the last answer (`select="last"`, the paper) or the best-scoring one
 (`select="best"`, ties to the earliest).
 
@@ -71,6 +73,7 @@ class Refined:
     refinement_time_ms: float = 0.0
     refinement_tokens: int = 0
     candidates: list[str] = field(default_factory=list)  # the text scored at each history entry
+    reused_answers: int = 0  # steps whose prefix matched an answer already decoded
 
     def summary(self) -> dict:
         return {
@@ -124,18 +127,34 @@ def latentseek(
     z = first.latents[:n_update].clone().float()  # [U, d]
     exp_avg, exp_avg_sq = torch.zeros_like(z), torch.zeros_like(z)
     best, best_reward, current, r = first, r0, first, r0
+    # Greedy decoding is deterministic: an answer is a function of its first U tokens. An
+    # update that leaves the argmax prefix on one already decoded reuses that answer, and a
+    # deterministic reward reuses its score, instead of decoding and scoring it again.
+    decoded = {tuple(first.token_ids[:n_update]): first}
+    scores = {first.text: r0}
     for step in range(1, cfg.max_steps + 1):
         if deadline is not None and clock() >= deadline:
             return done("time_budget", current if cfg.select == "last" else best)
         [tokens] = yield [LatentUpdate(z, exp_avg, exp_avg_sq, r, cfg.lr, step)]
         prefix = tokens.tolist()
-        [answer] = yield [Generate(prompt_ids, params, prefix_ids=prefix, cache_prompt=True)]
+        answer = decoded.get(tuple(prefix))
+        if answer is None:
+            [answer] = yield [Generate(prompt_ids, params, prefix_ids=prefix, cache_prompt=True)]
+            new_tokens = len(answer.token_ids) - min(len(prefix), len(answer.token_ids))
+            out.refinement_tokens += new_tokens
+            if answer.finish_reason == "deadline":
+                out.steps = step
+                return done("time_budget", current if cfg.select == "last" else best)
+            decoded[tuple(prefix)] = answer
+        else:
+            out.reused_answers += 1
         out.steps = step
-        out.refinement_tokens += len(answer.token_ids) - min(len(prefix), len(answer.token_ids))
-        if answer.finish_reason == "deadline":
-            return done("time_budget", current if cfg.select == "last" else best)
         try:
-            r = yield from reward.score(prompt_text, answer.text)
+            if getattr(reward, "deterministic", False) and answer.text in scores:
+                r = scores[answer.text]
+            else:
+                r = yield from reward.score(prompt_text, answer.text)
+                scores[answer.text] = r
         except RewardError:
             return done("reward_error", current if cfg.select == "last" else best)
         out.reward_history.append(r)

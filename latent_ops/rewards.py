@@ -1,7 +1,9 @@
 """Rewards for refinement, and final-answer extraction.
 
 A reward is an object with `score(prompt, answer)`: a sub-program (generator) that may
-yield needs (a reward that asks the model something) and returns a float; use it with
+yield needs (a reward that asks the model something) and returns a float, and a
+`deterministic` flag (the same text always gets the same score, so a refinement may reuse
+a score instead of asking again); use it with
 `reward = yield from r.score(prompt, answer)`. A reward that cannot be computed raises
 `RewardError`; the refinement then stops with `stopped_reason: "reward_error"`.
 
@@ -85,6 +87,7 @@ def answers_equal(a: str | None, b: str | None) -> bool:
 
 class ReferenceReward:
     kind = "reference"
+    deterministic = True  # the same text always scores the same
 
     def __init__(self, reference_answer: str):
         self.reference = extract_answer(reference_answer) or reference_answer.strip()
@@ -96,6 +99,7 @@ class ReferenceReward:
 
 class RegexReward:
     kind = "regex"
+    deterministic = True
 
     def __init__(self, pattern: str):
         self.pattern = compile_regex(pattern)
@@ -147,6 +151,7 @@ class SelfReward:
     """
 
     kind = "self"
+    deterministic = True  # greedy verifiers
 
     def __init__(self, encode_chat, max_tokens: int = 128, format: str | None = None):
         self.encode_chat = encode_chat
@@ -216,6 +221,7 @@ class WebhookReward:
     followed (they could leave the allowlist)."""
 
     kind = "webhook"
+    deterministic = False  # an outside grader may change its mind: always asked
 
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url

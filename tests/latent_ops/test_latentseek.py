@@ -165,3 +165,18 @@ def test_time_budget_is_a_deadline(model, tok):
     assert budget_ms / 1000 <= elapsed <= budget_ms / 1000 * 1.1 + 0.25
     assert out.refinement_time_ms <= budget_ms * 1.1 + 250
     assert out.generation.text  # the best answer so far, not nothing
+
+
+def test_an_unchanged_prefix_reuses_the_answer_and_still_matches_the_paper(model, tok):
+    cfg = LatentSeekConfig(max_steps=4, lr=1e-7, fraction=0.5, select="last")
+    reward = ReferenceReward("-123456")
+    prompt = PROMPTS[2]
+    ids = tok(prompt)["input_ids"]
+    ref_text, ref_history, _ = paper_latentseek(model, tok, ids, prompt, 16, cfg, reward, {EOS})
+    runner = ModelRunner(model, eos_token_ids={EOS})
+    program = latentseek(ids, prompt, SamplingParams(max_tokens=16), cfg, reward)
+    [out], updates = run_programs(model, tok, [program], runner=runner)
+    assert (out.generation.text, out.reward_history) == (ref_text, ref_history)
+    # a step of 1e-7 moves no argmax: every step reused the first answer, decoded nothing
+    assert out.steps == 4 and out.reused_answers == 4 and out.refinement_tokens == 0
+    assert len(updates) == 4 and runner.reused_tokens == 0  # no continuation was prefilled
