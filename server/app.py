@@ -97,6 +97,76 @@ def _device_memory_fn(device, model):
     return lambda: weights  # on the CPU: the weights we hold (the KV cache is transient)
 
 
+class RequestContext:
+    """Pure ASGI middleware (not BaseHTTPMiddleware, which hides client disconnects from the
+    routes): request id (`x-request-id` in and out, and `server.logs.request_id`), the
+    body-size limit (413), bearer keys for /v1/* and /metrics (401), one access log line
+    per request with its status and duration to the last byte."""
+
+    def __init__(self, app, config: ServerConfig):
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if len(rid) > 128 or not rid.isprintable():
+            rid = uuid.uuid4().hex  # the id goes into logs and headers: keep it tame
+        scope.setdefault("state", {})["request_id"] = rid
+        request_id.set(rid)
+        start, status = time.monotonic(), [0]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode()),
+                ]
+            await send(message)
+
+        refusal = self._refusal(request)
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            access.info(
+                "%s %s %d",
+                scope.get("method"),
+                path,
+                status[0],
+                extra={
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": status[0],
+                    "duration_ms": round((time.monotonic() - start) * 1000, 2),
+                },
+            )
+
+    def _refusal(self, request: Request):
+        """An error response when the request must not reach the routes, else None."""
+        config = self.config
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > config.max_request_bytes:
+            return error_response(413, f"request body over {config.max_request_bytes} bytes")
+        path = request.url.path
+        key = config.api_key if path.startswith("/v1/") else None
+        if path == "/metrics":
+            key = config.metrics_api_key
+        if key:
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):
+                return error_response(401, "invalid or missing API key")
+        return None
+
+
 def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     """The app for `config`. `loaded` (a `LoadedModel`) skips loading in the lifespan."""
     metrics = Metrics()
@@ -117,51 +187,7 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        if len(rid) > 128 or not rid.isprintable():
-            rid = uuid.uuid4().hex  # the id goes into logs and headers: keep it tame
-        request.state.request_id = rid
-        request_id.set(rid)
-        start = time.monotonic()
-        response = await _guarded(request, call_next, rid)
-        access.info(
-            "%s %s %d",
-            request.method,
-            request.url.path,
-            response.status_code,
-            extra={
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "duration_ms": round((time.monotonic() - start) * 1000, 2),
-            },
-        )
-        return response
-
-    async def _guarded(request: Request, call_next, rid: str):
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > config.max_request_bytes:
-            response = error_response(
-                413, f"request body over {config.max_request_bytes} bytes", param=None
-            )
-            response.headers["x-request-id"] = rid
-            return response
-        path = request.url.path
-        key = config.api_key if path.startswith("/v1/") else None
-        if path == "/metrics":
-            key = config.metrics_api_key
-        if key:
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), key.encode()):
-                response = error_response(401, "invalid or missing API key")
-                response.headers["x-request-id"] = rid
-                return response
-        response = await call_next(request)
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(RequestContext, config=config)
 
     @app.get("/health")
     async def health(request: Request):
@@ -204,7 +230,7 @@ def serve(config: ServerConfig) -> int:
     except ModelLoadError as exc:
         print(f"latentserve: error: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(
+    uv_config = uvicorn.Config(
         build_app(config, loaded=loaded),
         host=config.host,
         port=config.port,
@@ -213,4 +239,33 @@ def serve(config: ServerConfig) -> int:
         access_log=False,  # our middleware writes one access line per request, with its id
         timeout_graceful_shutdown=config.drain_timeout,
     )
+    _draining_server_class()(uv_config).run()
     return 0
+
+
+def _draining_server_class():
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, except that a drained shutdown exits 0: on SIGTERM or SIGINT it stops
+        accepting, lets in-flight requests finish (up to --drain-timeout) and returns,
+        where stock uvicorn re-raises the signal afterwards (exit status -15)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return DrainingServer

@@ -97,9 +97,9 @@ def main(argv=None) -> dict:
         "model": loaded.name,
         "requests": len(prompts),
         "steps": args.steps,
-        "paper_pattern_s_per_request": sum(paper) / len(paper),
-        "engine_s_per_request": sum(ours[: len(paper)]) / len(paper),
-        "speedup_vs_paper": sum(paper) / sum(ours[: len(paper)]),
+        "paper_pattern_s_per_request": sum(paper) / len(paper) if paper else None,
+        "engine_s_per_request": sum(ours[: len(paper) or None]) / (len(paper) or len(ours)),
+        "speedup_vs_paper": sum(paper) / sum(ours[: len(paper)]) if paper else None,
         "same_texts_and_rewards": all(same),
         "one_by_one_s": one_by_one_s,
         "concurrent_s": concurrent_s,
@@ -110,14 +110,15 @@ def main(argv=None) -> dict:
     print()
     print("| | seconds | ratio |")
     print("|---|---|---|")
-    print(
-        f"| paper pattern, per request ({args.steps} steps) "
-        f"| {figures['paper_pattern_s_per_request']:.1f} | 1.00x |"
-    )
-    print(
-        f"| engine, per request, one at a time | {figures['engine_s_per_request']:.2f} "
-        f"| {figures['speedup_vs_paper']:.1f}x faster (same {len(paper)} requests) |"
-    )
+    if paper:
+        print(
+            f"| paper pattern, per request ({args.steps} steps) "
+            f"| {figures['paper_pattern_s_per_request']:.1f} | 1.00x |"
+        )
+        print(
+            f"| engine, per request, one at a time | {figures['engine_s_per_request']:.2f} "
+            f"| {figures['speedup_vs_paper']:.1f}x faster (same {len(paper)} requests) |"
+        )
     print(f"| engine, {len(prompts)} requests one by one | {one_by_one_s:.2f} | 1.00x |")
     print(
         f"| engine, {len(prompts)} requests at once | {concurrent_s:.2f} "
