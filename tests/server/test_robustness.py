@@ -23,6 +23,7 @@ def live(tiny_loaded, grader):
         device="cpu",
         max_batch_size=4,
         max_model_len=256,
+        max_refinement_steps=100_000,
         reward_url_allowlist=[grader.url + "/reward"],
     )
     with LiveServer(build_app(config, loaded=tiny_loaded)) as server:
@@ -179,7 +180,7 @@ def test_disconnect_mid_refinement_stops_the_work(live):
         "max_tokens": 48,
         "latent": {
             **LS,
-            "max_steps": 50,
+            "max_steps": 100_000,
             "fraction": 0.5,
             "reward": {"type": "reference", "reference_answer": "-123456"},
         },
@@ -203,7 +204,7 @@ def test_time_budget_over_http(live):
         "max_tokens": 32,
         "latent": {
             **LS,
-            "max_steps": 50,
+            "max_steps": 100_000,  # steps that reuse an answer are quick: the budget must end it
             "fraction": 0.5,
             "time_budget_ms": 1500,
             "reward": {"type": "reference", "reference_answer": "-123456"},
@@ -274,7 +275,7 @@ def test_streamed_refinement_reports_the_budget(live):
         "prompt": "What is 3 + 4?",
         "max_tokens": 16,
         "stream": True,
-        "latent": {**LS, "max_steps": 50, "fraction": 0.5, "time_budget_ms": 500},
+        "latent": {**LS, "max_steps": 100_000, "fraction": 0.5, "time_budget_ms": 500},
     }
     with httpx.stream("POST", live.url + C, json=body, timeout=60) as resp:
         lines = [x for x in resp.iter_lines() if x.startswith("data: ")]
@@ -311,6 +312,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, tmp_path
             str(port),
             "--drain-timeout",
             "30",
+            "--max-refinement-steps",
+            "100000",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -335,7 +338,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, tmp_path
                 "max_tokens": 64,
                 "latent": {
                     **LS,
-                    "max_steps": 50,
+                    "max_steps": 100_000,
                     "time_budget_ms": 3000,
                     "reward": {"type": "reference", "reference_answer": "-123456"},
                 },
