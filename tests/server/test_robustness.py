@@ -185,8 +185,17 @@ def test_disconnect_mid_refinement_stops_the_work(live):
             "reward": {"type": "reference", "reference_answer": "-123456"},
         },
     }
+    neighbour = {"prompt": "A neighbour", "max_tokens": 40, "temperature": 0}
+    solo = httpx.post(live.url + C, json=neighbour, timeout=60).json()["choices"][0]["text"]
+    beside = {}
+    t = threading.Thread(
+        target=lambda: beside.update(httpx.post(live.url + C, json=neighbour, timeout=60).json())
+    )
     with pytest.raises(httpx.ReadTimeout):
+        t.start()
         httpx.post(live.url + C, json=body, timeout=1.0)  # the client gives up after 1 s
+    t.join(timeout=60)
+    assert beside["choices"][0]["text"] == solo  # its batch neighbour is unaffected
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         running = _metric(live.url, "latentserve:num_requests_running")
