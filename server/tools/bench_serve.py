@@ -44,6 +44,7 @@ def build_requests(data: str, n: int, max_tokens: int, refined_share: float, ste
 
     problems = load_problems(data)
     rng = random.Random(seed)
+    rng.shuffle(problems)
     bodies = []
     for i in range(n):
         p = problems[i % len(problems)]
@@ -54,7 +55,7 @@ def build_requests(data: str, n: int, max_tokens: int, refined_share: float, ste
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if rng.random() < refined_share:
+        if int((i + 1) * refined_share) > int(i * refined_share):  # exactly n*share, spread
             body["latent"] = {
                 "method": "latentseek",
                 "max_steps": steps,
