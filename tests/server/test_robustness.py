@@ -168,7 +168,9 @@ def test_overload_every_request_is_answered(tiny_loaded):
     assert len(statuses) == 16  # nothing lost, nothing hung
     codes = [c for c, _ in statuses]
     assert set(codes) <= {200, 503}, codes
-    assert codes.count(200) >= 3 and codes.count(503) >= 1
+    # the queue always holds max_queued_requests (2) of a burst; the batch slot may still
+    # count as waiting when the burst lands, so 2 served is the guaranteed minimum
+    assert codes.count(200) >= 2 and codes.count(503) >= 1
     assert all(retry for c, retry in statuses if c == 503)  # Retry-After on every 503
     assert rejected == codes.count(503) and running == 0
 
@@ -297,49 +299,15 @@ def test_streamed_refinement_reports_the_budget(live):
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, tmp_path):
     """A real `latentserve serve` process: SIGTERM lets the running request finish."""
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from server.tools.live import ServerProcess
+
+    args = ["--model", str(tiny_model_dir), "--device", "cpu", "--drain-timeout", "30"]
+    args += ["--max-refinement-steps", "100000"]
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--device",
-            "cpu",
-            "--port",
-            str(port),
-            "--drain-timeout",
-            "30",
-            "--max-refinement-steps",
-            "100000",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        result = {}
+    with ServerProcess(args, stdout=log, start_timeout=120) as server:
+        url, result = server.url, {}
 
         def slow_request():  # a refinement of a few seconds, in flight at SIGTERM
             body = {
@@ -357,12 +325,9 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, tmp_path
         t = threading.Thread(target=slow_request)
         t.start()
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
         t.join(timeout=60)
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code = server.proc.wait(timeout=60)
     assert code == 0
     resp = result["resp"]
     assert resp.status_code == 200 and resp.json()["latent"]["stopped_reason"] == "time_budget"
