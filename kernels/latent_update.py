@@ -26,11 +26,14 @@ Imports torch and triton only.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.reference import adam_bias_terms
 
 BLOCK_N = 16
 BLOCK_V = 64
@@ -204,11 +207,16 @@ def _adam_kernel(
         tl.store(z_ptr + at, z, mask=mask)
 
 
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _splits(n: int, v: int, device) -> int:
     """Vocabulary splits so that row blocks x splits fill the device (1 under the interpreter)."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device.index if device.index is not None else 0)
     row_blocks = triton.cdiv(n, BLOCK_N)
     return max(1, min(triton.cdiv(v, BLOCK_V), triton.cdiv(4 * sms, row_blocks)))
 
@@ -292,9 +300,7 @@ def latent_pg_step_triton(
         BLOCK_V=BLOCK_V,
         BLOCK_D=BLOCK_D,
     )
-    step64 = step.to(torch.float64)
-    step_size = (lr.to(torch.float64) / (1 - beta1**step64)).float()
-    bias2_sqrt = (1 - beta2**step64).sqrt().float()
+    step_size, bias2_sqrt = adam_bias_terms(lr, step, beta1, beta2)
     _adam_kernel[(n,)](
         z,
         weight,

@@ -27,16 +27,33 @@ def _logit_tiles(z: torch.Tensor, weight: torch.Tensor, chunk: int):
         yield lo, w, z @ w.T
 
 
-def _argmax_rows(z: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
-    """argmax(W z) per row [N], tile by tile."""
-    best_val = torch.full((z.shape[0],), -float("inf"), device=z.device)
-    best_idx = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+def softmax_stats(z: torch.Tensor, weight: torch.Tensor, chunk: int, want_sum: bool = True):
+    """Per row of W z, tile by tile: (max [N], sum of exp(logit - max) [N] or None, argmax [N]).
+
+    Online softmax: the running sum is rescaled whenever the running max grows. Ties keep the
+    lowest index, as torch.argmax does.
+    """
+    n = z.shape[0]
+    run_max = torch.full((n,), -float("inf"), device=z.device)
+    run_sum = torch.zeros(n, device=z.device) if want_sum else None
+    best_idx = torch.zeros(n, dtype=torch.long, device=z.device)
     for lo, _, logits in _logit_tiles(z, weight, chunk):
         val, idx = logits.max(dim=1)
-        better = val > best_val  # strict: ties keep the lowest index, as torch.argmax
-        best_val = torch.where(better, val, best_val)
-        best_idx = torch.where(better, idx + lo, best_idx)
-    return best_idx
+        new_max = torch.maximum(run_max, val)
+        if want_sum:
+            rescale = torch.exp(run_max - new_max)
+            run_sum = run_sum * rescale + torch.exp(logits - new_max[:, None]).sum(1)
+        best_idx = torch.where(val > run_max, idx + lo, best_idx)
+        run_max = new_max
+    return run_max, run_sum, best_idx
+
+
+def adam_bias_terms(lr, step, beta1: float, beta2: float):
+    """Per row, as torch.optim.Adam computes them (float64, then float32):
+    step size lr / (1 - beta1^step) [N] and sqrt(1 - beta2^step) [N]."""
+    step64 = step.to(torch.float64)
+    step_size = (lr.to(torch.float64) / (1 - beta1**step64)).float()
+    return step_size, (1 - beta2**step64).sqrt().float()
 
 
 @torch.no_grad()
@@ -54,18 +71,8 @@ def latent_pg_step_torch(
     chunk: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
     """One Adam step on -reward * log p(argmax) for every row; returns argmax(W z_new) [N]."""
-    n = z.shape[0]
     # pass 1: online softmax statistics and argmax over vocabulary tiles
-    run_max = torch.full((n,), -float("inf"), device=z.device)
-    run_sum = torch.zeros(n, device=z.device)
-    best_idx = torch.zeros(n, dtype=torch.long, device=z.device)
-    for lo, _, logits in _logit_tiles(z, weight, chunk):
-        val, idx = logits.max(dim=1)
-        new_max = torch.maximum(run_max, val)
-        rescale = torch.exp(run_max - new_max)
-        run_sum = run_sum * rescale + torch.exp(logits - new_max[:, None]).sum(1)
-        best_idx = torch.where(val > run_max, idx + lo, best_idx)
-        run_max = new_max
+    run_max, run_sum, best_idx = softmax_stats(z, weight, chunk)
     # pass 2: W^T p accumulated tile by tile
     expected = torch.zeros_like(z)
     for _, w, logits in _logit_tiles(z, weight, chunk):
@@ -74,13 +81,11 @@ def latent_pg_step_torch(
     # Adam, as torch.optim.Adam (no weight decay, no amsgrad)
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step_f = step.to(torch.float64)
-    bias1 = (1 - beta1**step_f).float()[:, None]
-    bias2_sqrt = (1 - beta2**step_f).sqrt().float()[:, None]
-    denom = exp_avg_sq.sqrt() / bias2_sqrt + eps
-    z.sub_(lr.float()[:, None] / bias1 * exp_avg / denom)
+    step_size, bias2_sqrt = adam_bias_terms(lr, step, beta1, beta2)
+    denom = exp_avg_sq.sqrt() / bias2_sqrt[:, None] + eps
+    z.sub_(step_size[:, None] * exp_avg / denom)
     # pass 3: argmax of the updated latents
-    return _argmax_rows(z, weight, chunk)
+    return softmax_stats(z, weight, chunk, want_sum=False)[2]
 
 
 def latent_pg_step_autograd(

@@ -8,13 +8,17 @@ API-key guard, `/health`, `/v1/models` and `/metrics`.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
+import signal
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -214,11 +218,28 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     return app
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that a drained shutdown exits 0: on SIGTERM or SIGINT it stops
+    accepting, lets in-flight requests finish (up to --drain-timeout) and returns, where
+    stock uvicorn re-raises the signal afterwards (exit status -15)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(config: ServerConfig) -> int:
     """Run uvicorn in this process; a model that cannot load exits 1 with one line."""
     import sys
-
-    import uvicorn
 
     from server import logs
     from server.engine.loader import ModelLoadError, load_model
@@ -239,33 +260,5 @@ def serve(config: ServerConfig) -> int:
         access_log=False,  # our middleware writes one access line per request, with its id
         timeout_graceful_shutdown=config.drain_timeout,
     )
-    _draining_server_class()(uv_config).run()
+    _DrainingServer(uv_config).run()
     return 0
-
-
-def _draining_server_class():
-    import contextlib
-    import signal
-    import threading
-
-    import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        """uvicorn, except that a drained shutdown exits 0: on SIGTERM or SIGINT it stops
-        accepting, lets in-flight requests finish (up to --drain-timeout) and returns,
-        where stock uvicorn re-raises the signal afterwards (exit status -15)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            signals = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return DrainingServer

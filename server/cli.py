@@ -91,26 +91,26 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{_flag(loc) if loc else 'config'}: {err['msg']} (got {err.get('input')!r})"
 
 
+def _config(parser, config_cls, ns, prog: str):
+    """The typed config from parsed flags, or exit 2 with one line naming the flag."""
+    try:
+        return config_from_args(config_cls, ns)
+    except ValidationError as exc:
+        parser.exit(2, f"{prog}: error: {_validation_message(exc)}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command == "serve":
-        try:
-            config = config_from_args(ServerConfig, ns)
-        except ValidationError as exc:
-            parser.exit(2, f"latentserve: error: {_validation_message(exc)}\n")
         from server.app import serve
 
-        return serve(config)
+        return serve(_config(parser, ServerConfig, ns, "latentserve"))
     if ns.command == "eval":
         from server.tools.eval import EvalConfig
         from server.tools.eval import main as eval_main
 
-        try:
-            config = config_from_args(EvalConfig, ns)
-        except ValidationError as exc:
-            parser.exit(2, f"latentserve eval: error: {_validation_message(exc)}\n")
-        return eval_main(config)
+        return eval_main(_config(parser, EvalConfig, ns, "latentserve eval"))
     if ns.command == "bench":
         from server.tools import bench_serve
 

@@ -41,8 +41,9 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
-    handler = logging.StreamHandler()
+def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
+    """Root (and uvicorn's) logging: one handler writing to `stream` (default stderr)."""
+    handler = logging.StreamHandler(stream)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

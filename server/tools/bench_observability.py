@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import logging
 import statistics
 
 
@@ -51,8 +50,7 @@ def main(argv=None) -> dict:
             config = ServerConfig(
                 model=args.model, max_batch_size=args.concurrency, **settings[name]
             )
-            logs.configure(config.log_level, "json")
-            logging.getLogger().handlers[0].stream = sink
+            logs.configure(config.log_level, "json", stream=sink)
             with LiveServer(build_app(config, loaded=loaded)) as live:
                 asyncio.run(run_load(live.url, bodies[: args.concurrency], args.concurrency))
                 results, wall = asyncio.run(run_load(live.url, bodies, args.concurrency))

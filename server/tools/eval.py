@@ -71,40 +71,51 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
 
 
 # ---- running ---------------------------------------------------------------------------
+def request_body(cfg: EvalConfig, problem: Problem) -> dict:
+    """The chat-completion request for one problem: the same in process and over HTTP."""
+    body = {
+        "messages": [{"role": "user", "content": question_text(problem)}],
+        "max_tokens": cfg.max_tokens,
+        "temperature": 0,
+    }
+    latent = latent_field(cfg, problem)
+    if latent is not None:
+        body["latent"] = latent
+    return body
+
+
 def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]:
-    """One record per problem: text, latent summary (or None), candidate texts, seconds."""
-    from latent_ops.latentseek import LatentSeekConfig, latentseek
-    from latent_ops.program import Generate, SamplingParams, plain_generation
-    from latent_ops.rewards import ReferenceReward, SelfReward
+    """One record per problem: text, latent summary (or None), candidate texts, seconds.
+
+    Each problem's request body goes through the server's own `build_program`, so the
+    programs are the ones `--url` would run."""
+    from server.config import ServerConfig
     from server.engine.engine import build_engine, run_programs
     from server.engine.loader import load_model
-    from server.refinement import chat_encoder
+    from server.protocol import ChatCompletionRequest
+    from server.refinement import build_program, chat_encoder
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     encode = chat_encoder(loaded.tokenizer)
     engine = build_engine(
         loaded, max_batch_size=cfg.max_batch_size, max_queued_requests=len(problems) + 1
     )
-    params = SamplingParams(max_tokens=cfg.max_tokens)
-    ls_cfg = LatentSeekConfig(
-        max_steps=cfg.max_steps,
-        lr=cfg.lr,
-        fraction=cfg.fraction,
-        threshold=cfg.threshold,
-        select=cfg.select,
+    limits = ServerConfig(
+        model=cfg.model,
+        verifier_max_tokens=cfg.verifier_max_tokens,
+        max_refinement_steps=max(
+            cfg.max_steps, ServerConfig.model_fields["max_refinement_steps"].default
+        ),
     )
     programs = []
     for p in problems:
-        ids = encode([{"role": "user", "content": question_text(p)}])
-        if cfg.method == "none":
-            programs.append(plain_generation([Generate(ids, params)]))
-            continue
-        reward = (
-            ReferenceReward(p.answer)
-            if cfg.reward == "reference"
-            else SelfReward(encode, cfg.verifier_max_tokens)
+        request = request_body(cfg, p)
+        body = ChatCompletionRequest.model_validate(request)
+        ids = encode(request["messages"])
+        program, _ = build_program(
+            body, limits, [ids], [question_text(p)], [cfg.max_tokens], None, encode
         )
-        programs.append(latentseek(ids, question_text(p), params, ls_cfg, reward))
+        programs.append(program)
     start = time.monotonic()
     finished = [0.0] * len(problems)
 
@@ -143,16 +154,8 @@ def run_remote(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]
     client = httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, timeout=3600)
 
     def one(p: Problem) -> dict:
-        body = {
-            "messages": [{"role": "user", "content": question_text(p)}],
-            "max_tokens": cfg.max_tokens,
-            "temperature": 0,
-        }
-        latent = latent_field(cfg, p)
-        if latent is not None:
-            body["latent"] = latent
         start = time.monotonic()
-        resp = client.post("/v1/chat/completions", json=body)
+        resp = client.post("/v1/chat/completions", json=request_body(cfg, p))
         if resp.status_code != 200:
             raise RuntimeError(f"server answered {resp.status_code}: {resp.text[:300]}")
         data = resp.json()

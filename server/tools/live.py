@@ -1,10 +1,16 @@
-"""Run a real uvicorn server for an app in a background thread (tests and benchmarks)."""
+"""Real servers for tests and benchmarks: an app under uvicorn in a background thread
+(`LiveServer`), or `latentserve serve` as a child process (`ServerProcess`)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
+import httpx
 import uvicorn
 
 
@@ -28,3 +34,46 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`latentserve serve ARGS --port P` as a child process, ready (/health 200) on enter.
+
+    `proc` is the Popen, `url` its root. On exit a still-running server is killed.
+    """
+
+    def __init__(self, args: list[str], stdout=subprocess.DEVNULL, start_timeout: float = 300):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "server.cli", "serve", *args, "--port", str(self.port)]
+        self.stdout = stdout
+        self.start_timeout = start_timeout
+
+    def __enter__(self) -> ServerProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.stdout, stderr=subprocess.STDOUT, env=env
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"server did not start: {' '.join(self.args)}")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)

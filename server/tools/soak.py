@@ -15,15 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-
-import httpx
 
 
 def _rss_mib(pid: int) -> float:
@@ -47,65 +41,31 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from server.tools.bench_serve import build_requests, run_load
+    from server.tools.live import ServerProcess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--model",
-            args.model,
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-            "--max-batch-size",
-            str(args.concurrency),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server_args = ["--model", args.model, "--device", "cpu"]
+    server_args += ["--max-batch-size", str(args.concurrency), "--log-level", "warning"]
     statuses: Counter = Counter()
     rss: list[tuple[float, float]] = []
     answered = 0
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start")
-            time.sleep(0.5)
+    with ServerProcess(server_args) as server:
         start = time.monotonic()
         round_ = 0
         while time.monotonic() - start < args.minutes * 60:
             bodies = build_requests(
                 args.data, args.batch, args.max_tokens, args.latent_fraction, 2, seed=round_
             )
-            results, _ = asyncio.run(run_load(url, bodies, args.concurrency, seed=round_))
+            results, _ = asyncio.run(run_load(server.url, bodies, args.concurrency, seed=round_))
             statuses.update(r.status or "error" for r in results)
             answered += sum(r.ok for r in results)
-            rss.append((time.monotonic() - start, _rss_mib(proc.pid)))
+            rss.append((time.monotonic() - start, _rss_mib(server.proc.pid)))
             print(
                 f"{rss[-1][0]:7.1f} s  answered {answered}  RSS {rss[-1][1]:.1f} MiB",
                 flush=True,
             )
             round_ += 1
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=120)
     warm, end = rss[0][1], rss[-1][1]
     report = {
         "minutes": args.minutes,
@@ -126,5 +86,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()

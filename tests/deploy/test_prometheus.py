@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -42,12 +41,6 @@ def _prometheus_bin() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dashboard_queries() -> list[tuple[str, str]]:
     dash = json.loads((DEPLOY / "grafana/dashboards/latentserve.json").read_text())
     return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
@@ -73,7 +66,7 @@ def scraped(tiny_model_dir, tmp_path_factory):
     """A tiny-model server with traffic behind it, and a Prometheus that scraped it."""
     from server.app import build_app
     from server.config import ServerConfig
-    from server.tools.live import LiveServer
+    from server.tools.live import LiveServer, free_port
 
     binary = _prometheus_bin()
     config = ServerConfig(
@@ -86,7 +79,7 @@ def scraped(tiny_model_dir, tmp_path_factory):
         scrape["rule_files"] = [str(DEPLOY / "prometheus/alerts.yml")]
         scrape["scrape_configs"][0]["static_configs"] = [{"targets": [live.url[len("http://") :]]}]
         (work / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [
                 binary,

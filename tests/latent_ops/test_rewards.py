@@ -51,10 +51,8 @@ def test_webhook_failures_are_reward_errors(grader, path):
 
 
 def test_webhook_down_is_a_reward_error(grader):
-    import socket
+    from server.tools.live import free_port
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     with pytest.raises(RewardError):
         WebhookReward(f"http://127.0.0.1:{port}/reward", timeout=1).post("p", "a")

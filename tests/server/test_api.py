@@ -338,21 +338,21 @@ def test_developer_role_is_rendered_as_system(client):
     assert dev.choices[0].message.content == sys_.choices[0].message.content
 
 
-def test_self_reward_over_http(client):
-    resp = client.completions.create(
+def _refine(client, reward: dict):
+    """A one-step LatentSeek completion through the SDK; returns the response."""
+    return client.completions.create(
         model="tiny-model0",
         prompt="What is 3 + 4?",
         max_tokens=6,
         temperature=0,
         extra_body={
-            "latent": {
-                "method": "latentseek",
-                "max_steps": 1,
-                "fraction": 0.5,
-                "reward": {"type": "self"},
-            }
+            "latent": {"method": "latentseek", "max_steps": 1, "fraction": 0.5, "reward": reward}
         },
     )
+
+
+def test_self_reward_over_http(client):
+    resp = _refine(client, {"type": "self"})
     history = resp.model_extra["latent"]["reward_history"]
     assert history and all(-1.0 <= r <= 0.0 for r in history)
 
@@ -379,20 +379,7 @@ def test_webhook_url_off_the_allowlist_is_400(server, grader, url):
 
 
 def test_webhook_reward_over_http(client, grader):
-    resp = client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=6,
-        temperature=0,
-        extra_body={
-            "latent": {
-                "method": "latentseek",
-                "max_steps": 1,
-                "fraction": 0.5,
-                "reward": {"type": "webhook", "url": grader.url + "/reward"},
-            }
-        },
-    )
+    resp = _refine(client, {"type": "webhook", "url": grader.url + "/reward"})
     latent = resp.model_extra["latent"]
     assert latent["reward_history"] and set(latent["reward_history"]) <= {0.0, -1.0}
     assert any(p == "/reward" and c["prompt"] == "What is 3 + 4?" for p, c in grader.calls)
