@@ -16,6 +16,15 @@ Per request, no weight changes; the latents of the answer do (ALGORITHMS.md §1)
 Returns the last answer (`select="last"`, the paper) or the best-scoring one
 (`select="best"`, ties to the earliest).
 
+*Reward speculation* (exact, not an approximation): the update of step k+1 depends on the
+answers only through R_k, and refinement continues only while R_k <= threshold. When the
+reward can score at most one value at or below the threshold (`reward.values`: the
+reference and regex rewards score 0 or -1, so with the default threshold a step that does
+not stop had R = -1), R_k is known before answer k is decoded. Then the updates of the
+next `speculative_steps` steps run back to back and their continuations decode together
+as one batch; they are scored in order and the first that passes the threshold ends the
+request, discarding the later ones (their tokens are counted in `discarded_tokens`).
+Texts and reward histories equal the one-step-at-a-time run's.
 The program holds its own latents and Adam state; it never calls the model or a kernel
 itself, so concurrent requests share every pass the engine makes.
 """
@@ -41,6 +50,9 @@ class LatentSeekConfig:
     threshold: float = -0.2
     select: str = "best"  # "best" | "last"
     time_budget_ms: float | None = None
+    # Steps whose continuations may decode together when the reward allows speculation
+    # (see the module docstring); 1 = one step at a time. A server setting, not per request.
+    speculative_steps: int = 1
 
 
 @dataclass
@@ -74,6 +86,8 @@ class Refined:
     refinement_tokens: int = 0
     candidates: list[str] = field(default_factory=list)  # the text scored at each history entry
     reused_answers: int = 0  # steps whose prefix matched an answer already decoded
+    discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
+    loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
 
     def summary(self) -> dict:
         return {
@@ -85,6 +99,7 @@ class Refined:
             "reward_history": self.reward_history,
             "update_tokens": self.update_tokens,
             "refinement_time_ms": round(self.refinement_time_ms, 3),
+            **(self.loops or {}),
         }
 
 
@@ -132,38 +147,82 @@ def latentseek(
     # deterministic reward reuses its score, instead of decoding and scoring it again.
     decoded = {tuple(first.token_ids[:n_update]): first}
     scores = {first.text: r0}
-    for step in range(1, cfg.max_steps + 1):
+    guess = speculation_value(reward, cfg.threshold)
+    depth = max(1, cfg.speculative_steps) if guess is not None else 1
+
+    def chosen() -> Generation:
+        return current if cfg.select == "last" else best
+
+    def new_tokens(prefix, answer: Generation) -> int:
+        return len(answer.token_ids) - min(len(prefix), len(answer.token_ids))
+
+    def stop(reason: str, fresh: dict) -> Refined:
+        out.discarded_tokens += sum(new_tokens(p, a) for p, a in fresh.items())
+        return done(reason, chosen())
+
+    step = 0
+    while step < cfg.max_steps:
         if deadline is not None and clock() >= deadline:
-            return done("time_budget", current if cfg.select == "last" else best)
-        [tokens] = yield [LatentUpdate(z, exp_avg, exp_avg_sq, r, cfg.lr, step)]
-        prefix = tokens.tolist()
-        answer = decoded.get(tuple(prefix))
-        if answer is None:
-            [answer] = yield [Generate(prompt_ids, params, prefix_ids=prefix, cache_prompt=True)]
-            new_tokens = len(answer.token_ids) - min(len(prefix), len(answer.token_ids))
-            out.refinement_tokens += new_tokens
-            if answer.finish_reason == "deadline":
-                out.steps = step
-                return done("time_budget", current if cfg.select == "last" else best)
-            decoded[tuple(prefix)] = answer
-        else:
-            out.reused_answers += 1
-        out.steps = step
-        try:
-            if getattr(reward, "deterministic", False) and answer.text in scores:
-                r = scores[answer.text]
+            return done("time_budget", chosen())
+        # The updates of the next k steps: the first under the known R, the rest under the
+        # guessed one; `rewind[j]` is the state before update j, should the guess be wrong.
+        k = min(depth, cfg.max_steps - step)
+        prefixes, rewind = [], []
+        for j in range(k):
+            rewind.append((z.clone(), exp_avg.clone(), exp_avg_sq.clone()) if j else None)
+            [tokens] = yield [
+                LatentUpdate(z, exp_avg, exp_avg_sq, guess if j else r, cfg.lr, step + j + 1)
+            ]
+            prefixes.append(tuple(tokens.tolist()))
+        todo = [p for p in dict.fromkeys(prefixes) if p not in decoded]
+        fresh = {}
+        if todo:
+            needs = [
+                Generate(prompt_ids, params, prefix_ids=list(p), cache_prompt=True) for p in todo
+            ]
+            fresh = dict(zip(todo, (yield needs), strict=True))
+        for j, prefix in enumerate(prefixes):
+            if j and r != guess:  # the step before scored another value: rewind and go on
+                for state, saved in zip((z, exp_avg, exp_avg_sq), rewind[j], strict=True):
+                    state.copy_(saved)
+                out.discarded_tokens += sum(new_tokens(p, a) for p, a in fresh.items())
+                break
+            step += 1
+            answer = decoded.get(prefix)
+            if answer is None:
+                answer = fresh.pop(prefix)
+                out.refinement_tokens += new_tokens(prefix, answer)
+                if answer.finish_reason == "deadline":
+                    out.steps = step
+                    return stop("time_budget", fresh)
+                decoded[prefix] = answer
             else:
-                r = yield from reward.score(prompt_text, answer.text)
-                scores[answer.text] = r
-        except RewardError:
-            return done("reward_error", current if cfg.select == "last" else best)
-        out.reward_history.append(r)
-        out.candidates.append(answer.text)
-        current = answer
-        if r > best_reward:
-            best, best_reward = answer, r
-        chosen = current if cfg.select == "last" else best
-        out.final_reward = r if cfg.select == "last" else best_reward
-        if r > cfg.threshold:
-            return done("threshold", chosen)
-    return done("max_steps", current if cfg.select == "last" else best)
+                out.reused_answers += 1
+            out.steps = step
+            try:
+                if getattr(reward, "deterministic", False) and answer.text in scores:
+                    r = scores[answer.text]
+                else:
+                    r = yield from reward.score(prompt_text, answer.text)
+                    scores[answer.text] = r
+            except RewardError:
+                return stop("reward_error", fresh)
+            out.reward_history.append(r)
+            out.candidates.append(answer.text)
+            current = answer
+            if r > best_reward:
+                best, best_reward = answer, r
+            out.final_reward = r if cfg.select == "last" else best_reward
+            if r > cfg.threshold:
+                return stop("threshold", fresh)
+    return done("max_steps", chosen())
+
+
+def speculation_value(reward, threshold: float) -> float | None:
+    """The one score `reward` can give at or below `threshold`, or None when there is not
+    exactly one (or the reward does not list its `values`)."""
+    values = getattr(reward, "values", None)
+    if values is None:
+        return None
+    below = {v for v in values if v <= threshold}
+    return below.pop() if len(below) == 1 else None

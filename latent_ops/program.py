@@ -64,6 +64,8 @@ class Generate:
     # Keep the prompt's KV cache for later needs of the same request whose prompt starts
     # with these `prompt_ids` (LatentSeek's iterations): they prefill only what follows.
     cache_prompt: bool = False
+    # SLR: run latent thought loops after the prompt before decoding (latent_ops.slr.Thoughts)
+    thoughts: Any = None
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Generation:
     prompt_tokens: int
     latents: Any = None
     logprobs: list[TokenLogprob] | None = None
+    thoughts: dict | None = None  # SLR: the loops' summary (latent_ops.slr.ThoughtState)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A reward is an object with `score(prompt, answer)`: a sub-program (generator) that may
 yield needs (a reward that asks the model something) and returns a float, and a
 `deterministic` flag (the same text always gets the same score, so a refinement may reuse
-a score instead of asking again); use it with
+a score instead of asking again), optionally `values`, every score it can give (a reward
+with one failing value lets LatentSeek speculate, see `latent_ops/latentseek.py`); use it with
 `reward = yield from r.score(prompt, answer)`. A reward that cannot be computed raises
 `RewardError`; the refinement then stops with `stopped_reason: "reward_error"`.
 
@@ -88,6 +89,7 @@ def answers_equal(a: str | None, b: str | None) -> bool:
 class ReferenceReward:
     kind = "reference"
     deterministic = True  # the same text always scores the same
+    values = (0.0, -1.0)  # every score it can give (lets LatentSeek speculate on failure)
 
     def __init__(self, reference_answer: str):
         self.reference = extract_answer(reference_answer) or reference_answer.strip()
@@ -100,6 +102,7 @@ class ReferenceReward:
 class RegexReward:
     kind = "regex"
     deterministic = True
+    values = (0.0, -1.0)
 
     def __init__(self, pattern: str):
         self.pattern = compile_regex(pattern)

@@ -33,7 +33,7 @@ class ServerConfig(BaseModel):
         "auto", description="weight dtype; auto = float32 on CPU, bfloat16 on CUDA"
     )
     max_batch_size: int = Field(
-        8, ge=1, le=4096, description="sequences decoded together in one batch"
+        16, ge=1, le=4096, description="sequences decoded together in one batch"
     )
     max_queued_requests: int = Field(
         64, ge=0, description="requests allowed to wait for a batch slot; beyond it, 503"
@@ -66,6 +66,17 @@ class ServerConfig(BaseModel):
     )
     max_refinement_steps: int = Field(
         50, ge=0, description="largest latent.max_steps a request may ask for"
+    )
+    max_loops: int = Field(
+        16, ge=0, le=256, description="largest latent.max_loops an SLR request may ask for"
+    )
+    speculative_steps: int = Field(
+        3,
+        ge=1,
+        le=64,
+        description="LatentSeek steps whose continuations decode together when the reward "
+        "has one failing value (reference, regex); exact, trades wasted decoding after an "
+        "early success for latency; 1 = off",
     )
     max_time_budget_ms: float = Field(
         600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"

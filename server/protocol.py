@@ -56,12 +56,19 @@ RewardSpec = Annotated[
 ]
 
 
+class ExitSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    criterion: Literal["latent_diff", "kl", "entropy", "argmax"]
+    threshold: FiniteFloat = Field(ge=0.0)
+
+
 class LatentSpec(BaseModel):
-    """Per-request refinement (`none` or `latentseek` so far). Unset fields take the
-    method's defaults (`latent_ops.latentseek.LatentSeekConfig`); server flags cap them."""
+    """Per-request refinement (`none`, `latentseek` or `slr`). Unset fields take the
+    method's defaults (`latent_ops.latentseek.LatentSeekConfig`,
+    `latent_ops.slr.SLRConfig`); server flags cap them."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    method: Literal["none", "latentseek"] = "none"
+    method: Literal["none", "latentseek", "slr"] = "none"
     max_steps: int | None = Field(None, ge=0)
     lr: FiniteFloat | None = Field(None, gt=0.0, le=10.0)
     fraction: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
@@ -70,6 +77,15 @@ class LatentSpec(BaseModel):
     select: Literal["best", "last"] | None = None
     time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
     reward: RewardSpec | None = None
+    # SLR
+    max_loops: int | None = Field(None, ge=0)
+    exit: ExitSpec | None = None
+    feedback: Literal["hidden", "soft", "hybrid"] | None = None
+    residual: Literal["h0", "prev", "none"] | None = None
+    beta: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
+    timestep_scale: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
+    adapter: str | None = Field(None, min_length=1, max_length=128)
+    return_trace: bool = False
 
 
 class _SamplingRequest(_Strict):
@@ -167,6 +183,11 @@ class LatentSummary(BaseModel):
     reward_history: list[float] = Field(default_factory=list)
     update_tokens: int = 0
     refinement_time_ms: float = 0.0
+    # SLR
+    loops: int | None = None
+    loop_deltas: list[float] | None = None
+    exit_criterion: str | None = None
+    exit_values: list[float] | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -25,6 +25,7 @@ from latent_ops.rewards import (
     WebhookReward,
     url_allowed,
 )
+from latent_ops.slr import SLRConfig, slr
 from server.errors import APIError
 
 
@@ -71,6 +72,10 @@ def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode
         return plain_generation(needs), "none"
     if len(prompts) != 1 or body.n != 1:
         raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
+    if spec.method == "slr":
+        deadline = None if timeout is None else time.monotonic() + timeout
+        params = sampling_params(body, budgets[0], None, deadline=deadline)
+        return slr(prompts[0], params, slr_config(spec, config)), "slr"
     if spec.reward is None:
         raise APIError(400, "latentseek needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
@@ -85,12 +90,8 @@ def latentseek_config(spec, config) -> LatentSeekConfig:
         for f in fields(LatentSeekConfig)
         if getattr(spec, f.name, None) is not None
     }
-    cfg = LatentSeekConfig(**given)
-    if config.request_timeout is not None:  # the server-wide deadline caps the budget
-        cfg.time_budget_ms = min(
-            cfg.time_budget_ms if cfg.time_budget_ms is not None else math.inf,
-            config.request_timeout * 1000,
-        )
+    cfg = LatentSeekConfig(**given, speculative_steps=config.speculative_steps)
+    cfg.time_budget_ms = _time_budget(cfg.time_budget_ms, config)
     if cfg.max_steps > config.max_refinement_steps:
         raise APIError(
             400,
@@ -98,12 +99,45 @@ def latentseek_config(spec, config) -> LatentSeekConfig:
             f"{config.max_refinement_steps}",
             param="latent.max_steps",
         )
-    if cfg.time_budget_ms is not None and cfg.time_budget_ms > config.max_time_budget_ms:
+    return cfg
+
+
+def _time_budget(budget_ms: float | None, config) -> float | None:
+    """The request's refinement budget, capped by --request-timeout; 400 over the maximum."""
+    if config.request_timeout is not None:  # the server-wide deadline caps the budget
+        budget_ms = min(
+            budget_ms if budget_ms is not None else math.inf, config.request_timeout * 1000
+        )
+    if budget_ms is not None and budget_ms > config.max_time_budget_ms:
         raise APIError(
             400,
-            f"latent.time_budget_ms {cfg.time_budget_ms:g} is over the server's maximum "
+            f"latent.time_budget_ms {budget_ms:g} is over the server's maximum "
             f"{config.max_time_budget_ms:g}",
             param="latent.time_budget_ms",
+        )
+    return budget_ms
+
+
+def slr_config(spec, config) -> SLRConfig:
+    if spec.adapter is not None:  # loop adapters: not built yet, none can be loaded
+        raise APIError(
+            400,
+            f"latent.adapter {spec.adapter!r} is not loaded on this server",
+            param="latent.adapter",
+        )
+    given = {
+        name: getattr(spec, name)
+        for name in ("max_loops", "feedback", "residual", "beta", "timestep_scale")
+        if getattr(spec, name) is not None
+    }
+    cfg = SLRConfig(**given, time_budget_ms=_time_budget(spec.time_budget_ms, config))
+    if spec.exit is not None:
+        cfg.exit_criterion, cfg.exit_threshold = spec.exit.criterion, spec.exit.threshold
+    if cfg.max_loops > config.max_loops:
+        raise APIError(
+            400,
+            f"latent.max_loops {cfg.max_loops} is over the server's maximum {config.max_loops}",
+            param="latent.max_loops",
         )
     return cfg
 

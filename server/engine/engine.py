@@ -249,7 +249,7 @@ class Engine:
                 req.stats.scheduled = now
                 with self._lock:
                     self._waiting -= 1
-            if req.stats.first_token is None:
+            if req.stats.first_token is None and seq.output_ids:  # a thought is no token
                 req.stats.first_token = now
             self._detokenize(req, seq)
             if seq.finished:
@@ -383,6 +383,7 @@ class Engine:
         seq.priority = req.stats.arrival
         if need.cache_prompt:
             seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
+        seq.thoughts = need.thoughts
         req.seqs[seq.seq_id] = (seq, slot)
         req.detok[seq.seq_id] = _Detok(stop=list(params.stop), prefix_ids=prefix)
         self._owner[seq.seq_id] = req
@@ -432,6 +433,7 @@ class Engine:
             prompt_tokens=len(seq.prompt_ids) - len(detok.prefix_ids),
             latents=latents,
             logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            thoughts=seq.thought_state.summary() if seq.thought_state is not None else None,
         )
 
     def _fail_batch(self, exc: BaseException) -> None:

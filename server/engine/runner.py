@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import bisect
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
+from kernels import skinny_linear
 from latent_ops.program import SamplingParams, TokenLogprob
+from latent_ops.slr import ThoughtState
 
 
 @dataclass
@@ -58,6 +61,15 @@ class Sequence:
     # arrival time, so a refinement's next continuation goes ahead of newer requests
     # (first come, first served by request, as vLLM schedules).
     priority: float = 0.0
+    # SLR thought loops (latent_ops.slr): the config from the need, then the loops' state.
+    # While thinking, each pass feeds `pending_input` ([d]) instead of a token.
+    thoughts: object = None
+    thought_state: ThoughtState | None = None
+    pending_input: torch.Tensor | None = None
+
+    @property
+    def loops(self) -> int:
+        return self.thought_state.loops if self.thought_state is not None else 0
 
     @property
     def finished(self) -> bool:
@@ -82,6 +94,7 @@ class ModelRunner:
         pad_token_id: int = 0,
     ):
         self.model = model
+        skinny_linear.install(model)  # batched decode steps on CPU: see kernels/skinny_linear.py
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.config = model.config
@@ -101,6 +114,8 @@ class ModelRunner:
         self.next_tokens: torch.Tensor | None = None  # [B] long, sampled, not yet in cache
         # cache_key -> (token ids, [(keys, values)] per layer, each [1, kv_heads, n, hd])
         self.prefix_cache: dict[object, tuple[list[int], list[tuple]]] = {}
+        self.embed = model.get_input_embeddings()
+        self._embed_norm: float | None = None  # mean token-embedding norm (SLR feedback)
         self.forward_passes = 0
         self.prefill_tokens = 0  # prompt tokens actually run through the model
         self.reused_tokens = 0  # prompt tokens taken from the prefix cache instead
@@ -162,7 +177,15 @@ class ModelRunner:
     def _decode(self) -> None:
         ids = self.next_tokens[:, None]  # [B, 1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
-        hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache)
+        embeds = None
+        thinking = [r for r, s in enumerate(self.running) if s.pending_input is not None]
+        if thinking:  # SLR thought rows feed a vector instead of a token
+            embeds = self.embed(ids)  # [B, 1, d]
+            for row in thinking:
+                seq = self.running[row]
+                embeds[row, 0] = seq.pending_input.to(embeds.dtype)
+                seq.pending_input = None
+        hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
         self.next_pos = self.next_pos + 1
         self.next_tokens = self._sample_and_append(hidden[:, -1], self.running)
 
@@ -217,11 +240,13 @@ class ModelRunner:
                 ],
             )
 
-    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
-        """Decoder stack only: [B, S] ids -> [B, S, d] states after the final norm."""
+    def _forward(self, ids, mask, positions, cache, embeds=None) -> torch.Tensor:
+        """Decoder stack only: [B, S] ids (or embeds [B, S, d]) -> [B, S, d] states after
+        the final norm."""
         self.forward_passes += 1
         out = self.decoder(
-            input_ids=ids,
+            input_ids=ids if embeds is None else None,
+            inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
@@ -234,8 +259,9 @@ class ModelRunner:
         """latent: [B, d] final-norm states; returns the sampled tokens [B] (long)."""
         logits = self.lm_head(latent).float()  # [B, V]
         tokens = logits.argmax(dim=-1)
+        thinking = self._think(latent, logits, seqs)
         for row, seq in enumerate(seqs):
-            if not seq.params.greedy:
+            if not seq.params.greedy and row not in thinking:
                 tokens[row] = _sample_row(logits[row], seq.params, seq.generator)
         logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
@@ -245,6 +271,8 @@ class ModelRunner:
         if any(s.params.capture_latents for s in seqs):
             latent_cpu = latent.float().cpu()
         for row, seq in enumerate(seqs):
+            if row in thinking:
+                continue  # this pass was a thought: no token
             token = token_list[row]
             seq.output_ids.append(token)
             if seq.params.capture_latents:
@@ -253,6 +281,30 @@ class ModelRunner:
                 seq.logprobs.append(_token_logprob(logprobs[row], token, seq.params.logprobs))
             self._check_stop(seq, token)
         return tokens
+
+    def _think(self, latent: torch.Tensor, logits: torch.Tensor, seqs) -> set[int]:
+        """SLR: record each thinking row's state (latent [B, d], logits [B, V]) and set
+        its next thought input; returns the rows still thinking (they get no token)."""
+        thinking = set()
+        now = None
+        for row, seq in enumerate(seqs):
+            if seq.thoughts is None or seq.finished:
+                continue
+            state = seq.thought_state
+            if state is None:
+                if self._embed_norm is None:
+                    self._embed_norm = float(self.embed.weight.float().norm(dim=-1).mean())
+                anchor = self.embed.weight[seq.prompt_ids[-1]].float()
+                state = seq.thought_state = ThoughtState(
+                    seq.thoughts.cfg, anchor, self._embed_norm, deadline=seq.thoughts.deadline
+                )
+            if state.stopped_reason is not None:
+                continue
+            now = now or time.monotonic()
+            if not state.observe(latent[row].float(), logits[row], now):
+                seq.pending_input = state.next_input(self.embed.weight)
+                thinking.add(row)
+        return thinking
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         if seq.finish_reason is not None:
@@ -263,7 +315,7 @@ class ModelRunner:
             seq.finish_reason = "stop"
         elif len(seq.output_ids) >= seq.params.max_tokens:
             seq.finish_reason = "length"
-        elif len(seq.prompt_ids) + len(seq.output_ids) >= self.max_model_len:
+        elif len(seq.prompt_ids) + len(seq.output_ids) + seq.loops >= self.max_model_len:
             seq.finish_reason = "length"
 
     # ---- batch bookkeeping ---------------------------------------------------------

@@ -36,6 +36,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument(
+        "--speculative-steps",
+        type=int,
+        default=None,
+        help="steps decoded together (default: the server's --speculative-steps)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -43,6 +49,7 @@ def main(argv=None) -> dict:
     from latent_ops.paper_reference import paper_latentseek
     from latent_ops.program import SamplingParams
     from latent_ops.rewards import ReferenceReward
+    from server.config import ServerConfig
     from server.engine.engine import build_engine, eos_token_ids, run_programs
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
@@ -55,11 +62,18 @@ def main(argv=None) -> dict:
     problems = load_problems(args.data, args.requests)
     prompts = [(encode([{"role": "user", "content": p.question}]), p.question) for p in problems]
     cfg = LatentSeekConfig(
-        max_steps=args.steps, lr=args.lr, fraction=args.fraction, select="last", threshold=-0.2
+        max_steps=args.steps,
+        lr=args.lr,
+        fraction=args.fraction,
+        select="last",
+        threshold=-0.2,
+        speculative_steps=args.speculative_steps
+        or ServerConfig.model_fields["speculative_steps"].default,
     )
     reward = ReferenceReward(UNREACHABLE)
     params = SamplingParams(max_tokens=args.max_tokens)
-    engine = build_engine(loaded, max_batch_size=max(8, args.requests))
+    batch = ServerConfig.model_fields["max_batch_size"].default  # as `latentserve serve`
+    engine = build_engine(loaded, max_batch_size=batch)
     engine.start()
 
     def programs(subset):
@@ -106,6 +120,8 @@ def main(argv=None) -> dict:
         "concurrency_throughput_gain": one_by_one_s / concurrent_s,
         "concurrent_tokens": tokens,
         "reused_answers": reused,
+        "speculative_steps": cfg.speculative_steps,
+        "max_batch_size": batch,
     }
     print()
     print("| | seconds | ratio |")

@@ -33,7 +33,7 @@ INSTRUCTION = "\nPut the final answer in \\boxed{}."
 
 class EvalConfig(BaseModel):
     data: str = Field(description="a GSM8K-format JSONL file, or synthetic:N[,seed=S][,steps=A-B]")
-    method: Literal["none", "latentseek"] = Field("latentseek", description="refinement")
+    method: Literal["none", "latentseek", "slr"] = Field("latentseek", description="refinement")
     reward: Literal["reference", "self"] = Field("reference", description="LatentSeek reward")
     limit: int | None = Field(None, ge=1, description="first N problems only")
     out: str = Field("eval-report.json", description="JSON report; the plot goes beside it")
@@ -50,6 +50,11 @@ class EvalConfig(BaseModel):
     threshold: float = Field(-0.2, description="LatentSeek stops when reward > threshold")
     select: Literal["best", "last"] = Field("best", description="answer returned")
     verifier_max_tokens: int = Field(64, ge=1, description="self-reward verifier tokens")
+    max_loops: int = Field(4, ge=0, description="SLR loops")
+    feedback: Literal["hidden", "soft", "hybrid"] = Field("soft", description="SLR feedback")
+    residual: Literal["h0", "prev", "none"] = Field("none", description="SLR loop residual")
+    beta: float = Field(0.1, ge=0, description="SLR residual weight")
+    timestep_scale: float = Field(0.0, ge=0, description="SLR timestep embedding scale")
     api_key: str | None = Field(None, description="bearer key for --url")
 
 
@@ -61,6 +66,9 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
     """The request's `latent` field for one problem (None for plain decoding)."""
     if cfg.method == "none":
         return None
+    if cfg.method == "slr":
+        keys = ("max_loops", "feedback", "residual", "beta", "timestep_scale")
+        return {"method": "slr", **{k: getattr(cfg, k) for k in keys}}
     reward = (
         {"type": "reference", "reference_answer": problem.answer}
         if cfg.reward == "reference"
@@ -196,7 +204,7 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
                 "answer": r["text"],
                 "extracted": extract_answer(r["text"]),
                 "correct": correct(r["text"], p),
-                "steps": latent.get("steps", 0),
+                "steps": latent.get("loops", latent.get("steps", 0)),
                 "stopped_reason": latent.get("stopped_reason"),
                 "reward_history": latent.get("reward_history", []),
                 "seconds": round(r["seconds"], 3),
@@ -204,7 +212,7 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
         )
     n = len(rows) or 1
     by_budget = None
-    if cfg.method == "none":
+    if cfg.method in ("none", "slr"):
         by_budget = {0: sum(r["correct"] for r in rows) / n}
     elif all("candidates" in r or cfg.reward == "reference" for r in records):
         # candidate i was right: judged from its text in process; over HTTP the reference
@@ -243,12 +251,15 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
 def table(report: dict) -> str:
     s, c = report["summary"], report["config"]
     label = c["method"] if c["method"] == "none" else f"{c['method']} ({c['reward']})"
+    if c["method"] == "slr":
+        label = f"slr ({c['feedback']}, {c['max_loops']} loops, residual {c['residual']})"
 
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
 
     lines = [
-        "| method | problems | accuracy | mean steps | s/problem | reward before | reward after |",
+        "| method | problems | accuracy | mean steps/loops | s/problem | reward before "
+        "| reward after |",
         "|---|---|---|---|---|---|---|",
         f"| {label} | {s['problems']} | {s['accuracy']:.3f} | {fmt(s['mean_steps'], '.2f')} "
         f"| {s['seconds_per_problem']:.2f} | {fmt(s['reward_before'], '.3f')} "

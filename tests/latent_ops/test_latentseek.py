@@ -30,9 +30,12 @@ def run_programs(model, tok, programs, max_batch_size=8, runner=None):
 PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compute 9*8 ="]
 
 
+@pytest.mark.parametrize("speculative_steps", [1, 3])
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_engine_equals_the_papers_algorithm(model, tok, prompt):
-    cfg = LatentSeekConfig(max_steps=4, lr=0.05, fraction=0.4, select="last")
+def test_engine_equals_the_papers_algorithm(model, tok, prompt, speculative_steps):
+    cfg = LatentSeekConfig(
+        max_steps=4, lr=0.05, fraction=0.4, select="last", speculative_steps=speculative_steps
+    )
     reward = ReferenceReward("72")
     ids = tok(prompt)["input_ids"]
     ref_text, ref_history, _ = paper_latentseek(model, tok, ids, prompt, 20, cfg, reward, {EOS})
@@ -42,9 +45,69 @@ def test_engine_equals_the_papers_algorithm(model, tok, prompt):
     assert out.generation.text == ref_text
     assert out.reward_history == ref_history
     assert out.steps == len(ref_history) - 1 and updates
-    # every iteration after the first took the prompt's KV from the prefix cache
-    assert runner.reused_tokens == len(ids) * out.steps
+    # every continuation took the prompt's KV from the prefix cache
+    continuations = out.steps - out.reused_answers
+    if speculative_steps == 1:
+        assert runner.reused_tokens == len(ids) * continuations
+    else:  # speculated steps after a success are decoded too
+        assert runner.reused_tokens >= len(ids) * continuations > 0
     assert not runner.prefix_cache  # released when the request ended
+
+
+class PassOn:
+    """0 for one exact text, else -1: a binary reward that stops at a chosen step."""
+
+    deterministic = True
+    values = (0.0, -1.0)
+
+    def __init__(self, text):
+        self.text = text
+
+    def score(self, prompt, answer):
+        return 0.0 if answer == self.text else -1.0
+        yield
+
+
+class Graded:
+    """Claims to be binary but scores -0.25 or -1: speculation guesses wrong and must
+    rewind."""
+
+    deterministic = True
+    values = (0.0, -1.0)
+
+    def score(self, prompt, answer):
+        return -0.25 if len(answer) % 2 else -1.0
+        yield
+
+
+def test_speculated_steps_stop_where_one_step_at_a_time_stops(model, tok):
+    prompt = PROMPTS[1]
+    ids = tok(prompt)["input_ids"]
+
+    def run(reward, speculative_steps, lr=0.05):
+        cfg = LatentSeekConfig(
+            max_steps=6,
+            lr=lr,
+            fraction=0.4,
+            select="last",
+            speculative_steps=speculative_steps,
+        )
+        program = latentseek(ids, prompt, SamplingParams(max_tokens=20), cfg, reward)
+        return run_programs(model, tok, [program])[0][0]
+
+    trail = run(ReferenceReward("-987654321"), 1)
+    firsts = [i for i, c in enumerate(trail.candidates) if c not in trail.candidates[:i]]
+    target = firsts[2]  # the second step that gave a new answer, so steps run after it
+    for speculative_steps in (1, 4):
+        out = run(PassOn(trail.candidates[target]), speculative_steps)
+        assert out.stopped_reason == "threshold" and out.steps == target
+        assert out.candidates == trail.candidates[: target + 1]
+        assert out.reward_history == [-1.0] * target + [0.0]
+    # a reward whose failing scores vary: every guess after the first is wrong
+    one, many = run(Graded(), 1, lr=0.5), run(Graded(), 4, lr=0.5)
+    assert len(set(one.reward_history)) > 1  # the rewind path really ran
+    assert many.candidates == one.candidates and many.reward_history == one.reward_history
+    assert many.generation.text == one.generation.text
 
 
 def test_threshold_stops_at_once_when_the_first_answer_passes(model, tok):

@@ -273,6 +273,18 @@ LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer"
             {"method": "latentseek", "reward": {"type": "regex", "pattern": "a" * 600}},
             "latent.reward.regex.pattern",
         ),
+        ({"method": "slr", "max_loops": -1}, "latent.max_loops"),
+        ({"method": "slr", "max_loops": 17}, "latent.max_loops"),
+        ({"method": "slr", "feedback": "telepathy"}, "latent.feedback"),
+        ({"method": "slr", "residual": "h1"}, "latent.residual"),
+        ({"method": "slr", "beta": -0.1}, "latent.beta"),
+        (
+            {"method": "slr", "exit": {"criterion": "vibes", "threshold": 1}},
+            "latent.exit.criterion",
+        ),
+        ({"method": "slr", "exit": {"criterion": "kl"}}, "latent.exit.threshold"),
+        ({"method": "slr", "adapter": "nope"}, "latent.adapter"),
+        ({"method": "slr", "time_budget_ms": 1e12}, "latent.time_budget_ms"),
     ],
 )
 def test_bad_latent_fields_name_the_field(server, latent, param):
@@ -305,6 +317,33 @@ def test_latentseek_over_http_reports_what_happened(client):
     )
     assert any(c.choices and c.choices[0].delta.content for c in streamed)
     assert streamed[-1].model_extra.get("latent", {}).get("method") == "latentseek"
+
+
+def test_slr_over_http_reports_its_loops(client):
+    plain = client.completions.create(
+        model="tiny-model0", prompt="What is 3 + 4?", max_tokens=8, temperature=0
+    )
+    zero = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"latent": {"method": "slr", "max_loops": 0}},
+    )
+    assert zero.choices[0].text == plain.choices[0].text
+    resp = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=8,
+        temperature=0,
+        extra_body={
+            "latent": {"method": "slr", "max_loops": 3, "exit": {"criterion": "kl", "threshold": 0}}
+        },
+    )
+    latent = resp.model_extra["latent"]
+    assert latent["method"] == "slr" and latent["loops"] == 3
+    assert latent["stopped_reason"] == "max_loops" and len(latent["loop_deltas"]) == 3
+    assert latent["exit_criterion"] == "kl" and len(latent["exit_values"]) == 3
 
 
 def test_huge_body_is_413(server):

@@ -1,0 +1,130 @@
+"""SLR (`thoughts` layout) through the engine: against an uncached reference of the same
+loop, batched beside other requests, exit criteria, and the feedback maths."""
+
+import pytest
+import torch
+
+from latent_ops.program import Generate, SamplingParams
+from latent_ops.slr import SLRConfig, ThoughtState, slr, timestep_embedding
+from server.engine.engine import Engine
+from server.engine.engine import run_programs as engine_run
+from server.engine.runner import ModelRunner
+
+EOS = 2
+PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compute 9*8 ="]
+
+
+def run(model, tok, programs):
+    runner = ModelRunner(model, max_batch_size=8, eos_token_ids={EOS})
+    engine = Engine(runner, tok)
+    engine.start()
+    try:
+        return engine_run(engine, programs, timeout=120), runner
+    finally:
+        engine.shutdown()
+
+
+@torch.no_grad()
+def reference_slr(model, prompt_ids, cfg: SLRConfig, max_tokens: int):
+    """The thoughts layout the plain way: no KV cache, the whole sequence of input
+    embeddings through the model at every position, greedy."""
+    embed = model.get_input_embeddings().weight
+    state = ThoughtState(cfg, embed[prompt_ids[-1]].float(), float(embed.norm(dim=-1).mean()))
+    inputs = embed[prompt_ids]  # [S, d]
+
+    def last():
+        out = model.model(inputs_embeds=inputs[None]).last_hidden_state[0, -1]
+        return out, model.lm_head(out)
+
+    latent, logits = last()
+    while not state.observe(latent, logits, 0.0):
+        inputs = torch.cat([inputs, state.next_input(embed)[None]])
+        latent, logits = last()
+    tokens = []
+    while len(tokens) < max_tokens:
+        tokens.append(int(logits.argmax()))
+        if tokens[-1] == EOS:
+            break
+        inputs = torch.cat([inputs, embed[tokens[-1]][None]])
+        latent, logits = last()
+    return tokens, state
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SLRConfig(max_loops=3, feedback="soft"),
+        SLRConfig(max_loops=2, feedback="hidden", residual="h0", beta=0.5, timestep_scale=0.3),
+        SLRConfig(max_loops=4, feedback="hybrid", residual="prev", beta=0.2),
+    ],
+    ids=["soft", "hidden-h0-timestep", "hybrid-prev"],
+)
+def test_engine_equals_uncached_reference(model, tok, cfg):
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    programs = [slr(tok(p)["input_ids"], params, cfg) for p in PROMPTS]
+    outs, runner = run(model, tok, programs)  # three requests loop in one batch
+    for prompt, out in zip(PROMPTS, outs, strict=True):
+        tokens, state = reference_slr(model, tok(prompt)["input_ids"], cfg, 12)
+        assert out.generation.token_ids == tokens
+        assert out.loops["loops"] == cfg.max_loops == state.loops
+        assert out.stopped_reason == "max_loops"
+        assert out.loops["loop_deltas"] == pytest.approx(state.deltas, rel=1e-3, abs=1e-5)
+
+
+def test_zero_loops_is_exactly_plain_greedy(model, tok):
+    ids = tok(PROMPTS[1])["input_ids"]
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+
+    def plain():
+        [generation] = yield [Generate(ids, params)]
+        return generation
+
+    (looped, greedy), _ = run(model, tok, [slr(ids, params, SLRConfig(max_loops=0)), plain()])
+    assert looped.generation.token_ids == greedy.token_ids
+    assert looped.generation.text == greedy.text
+    assert looped.loops["loops"] == 0 and looped.loops["loop_deltas"] == []
+
+
+def test_loops_beside_plain_requests_change_nothing_for_them(model, tok):
+    ids = tok(PROMPTS[2])["input_ids"]
+    params = SamplingParams(max_tokens=10, temperature=0.0)
+
+    def plain():
+        [generation] = yield [Generate(ids, params)]
+        return generation
+
+    (alone,), _ = run(model, tok, [plain()])
+    (_, beside, _), _ = run(
+        model,
+        tok,
+        [slr(ids, params, SLRConfig(max_loops=3)), plain(), slr(ids, params, SLRConfig(1))],
+    )
+    assert beside.token_ids == alone.token_ids
+
+
+@pytest.mark.parametrize(
+    "criterion, threshold, loops",
+    [("latent_diff", 1e9, 1), ("kl", 1e9, 1), ("entropy", 1e9, 1), ("argmax", 1e9, 6)],
+)
+def test_exit_criteria(model, tok, criterion, threshold, loops):
+    cfg = SLRConfig(max_loops=6, exit_criterion=criterion, exit_threshold=threshold)
+    [out], _ = run(model, tok, [slr(tok(PROMPTS[0])["input_ids"], SamplingParams(8), cfg)])
+    assert out.loops["loops"] == loops
+    assert len(out.loops["exit_values"]) == loops
+    assert out.stopped_reason == ("converged" if loops == 1 else "max_loops")
+
+
+def test_feedback_maths():
+    torch.manual_seed(0)
+    embed = torch.randn(50, 8)
+    latent, logits = torch.randn(8) * 30, torch.randn(50)
+    state = ThoughtState(SLRConfig(feedback="soft"), torch.zeros(8), 2.0)
+    state.observe(latent, logits, 0.0)
+    torch.testing.assert_close(state.next_input(embed), torch.softmax(logits, -1) @ embed)
+    state = ThoughtState(SLRConfig(feedback="hidden", residual="h0", beta=0.5), embed[3], 2.0)
+    state.observe(latent, logits, 0.0)
+    x = state.next_input(embed)
+    torch.testing.assert_close(x, latent / latent.norm() * 2.0 + 0.5 * embed[3])
+    e = timestep_embedding(3, 9)
+    assert e.shape == (9,) and float(e.norm()) == pytest.approx(1.0)
+    assert not torch.allclose(e, timestep_embedding(4, 9))
