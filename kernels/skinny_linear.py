@@ -10,7 +10,8 @@ command in docs/PERFORMANCE.md).
 `install(model)` makes every `nn.Linear` of a CPU float32 model use that product for 2 to
 `MAX_ROWS` rows and `F.linear` otherwise. The weights are not copied or changed; results
 equal `F.linear`'s up to fp32 summation order. It does nothing on other devices or dtypes
-(GPUs have their own tuned GEMMs) and is safe to call twice.
+(GPUs have their own tuned GEMMs), leaves layers whose forward was already replaced
+(a LoRA wrapper installed first keeps calling `F.linear`) and is safe to call twice.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def install(model: torch.nn.Module) -> int:
     for module in model.modules():
         if (
             isinstance(module, torch.nn.Linear)
+            and "forward" not in vars(module)  # already wrapped (e.g. LoRA): leave it be
             and module.weight.device.type == "cpu"
             and module.weight.dtype == torch.float32
         ):

@@ -39,6 +39,7 @@ import torch
 
 from latent_ops.program import Generate, Generation, SamplingParams
 from latent_ops.rewards import RewardError
+from latent_ops.telemetry import Trace
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LatentSeekConfig:
     threshold: float = -0.2
     select: str = "best"  # "best" | "last"
     time_budget_ms: float | None = None
+    return_trace: bool = False  # put the latent trajectory in the response
     # Steps whose continuations may decode together when the reward allows speculation
     # (see the module docstring); 1 = one step at a time. A server setting, not per request.
     speculative_steps: int = 1
@@ -88,6 +90,8 @@ class Refined:
     reused_answers: int = 0  # steps whose prefix matched an answer already decoded
     discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
+    trace: Trace | None = None  # latent telemetry (latent_ops.telemetry)
+    return_trace: bool = False  # the summary carries the whole trace
 
     def summary(self) -> dict:
         return {
@@ -100,6 +104,7 @@ class Refined:
             "update_tokens": self.update_tokens,
             "refinement_time_ms": round(self.refinement_time_ms, 3),
             **(self.loops or {}),
+            **({"trace": self.trace.summary()} if self.trace and self.return_trace else {}),
         }
 
 
@@ -117,6 +122,7 @@ def latentseek(
     params = replace(params, temperature=0.0, deadline=deadline)
     [first] = yield [Generate(prompt_ids, replace(params, capture_latents=True), cache_prompt=True)]
     out = Refined(first, "latentseek", 0, "max_steps", None, None)
+    out.trace, out.return_trace = Trace(), cfg.return_trace
 
     def done(reason: str, chosen: Generation) -> Refined:
         out.stopped_reason, out.generation = reason, chosen
@@ -141,6 +147,7 @@ def latentseek(
 
     z = first.latents[:n_update].clone().float()  # [U, d]
     exp_avg, exp_avg_sq = torch.zeros_like(z), torch.zeros_like(z)
+    out.trace.add(z)
     best, best_reward, current, r = first, r0, first, r0
     # Greedy decoding is deterministic: an answer is a function of its first U tokens. An
     # update that leaves the argmax prefix on one already decoded reuses that answer, and a
@@ -167,13 +174,14 @@ def latentseek(
         # The updates of the next k steps: the first under the known R, the rest under the
         # guessed one; `rewind[j]` is the state before update j, should the guess be wrong.
         k = min(depth, cfg.max_steps - step)
-        prefixes, rewind = [], []
+        prefixes, rewind, states = [], [], []  # states[j]: z after update j
         for j in range(k):
             rewind.append((z.clone(), exp_avg.clone(), exp_avg_sq.clone()) if j else None)
             [tokens] = yield [
                 LatentUpdate(z, exp_avg, exp_avg_sq, guess if j else r, cfg.lr, step + j + 1)
             ]
             prefixes.append(tuple(tokens.tolist()))
+            states.append(z.clone())
         todo = [p for p in dict.fromkeys(prefixes) if p not in decoded]
         fresh = {}
         if todo:
@@ -188,6 +196,7 @@ def latentseek(
                 out.discarded_tokens += sum(new_tokens(p, a) for p, a in fresh.items())
                 break
             step += 1
+            out.trace.add(states[j])
             answer = decoded.get(prefix)
             if answer is None:
                 answer = fresh.pop(prefix)

@@ -21,10 +21,22 @@ Exit: after each loop the criterion (Huginn, arXiv 2502.05171) compares loop t w
 `entropy` |H(p_t)−H(p_{t−1})|, each stopping below its threshold, or `argmax` (stop when the
 argmax has not changed for `threshold` loops in a row).
 
-This module has the maths (`ThoughtState.next_input`, `ThoughtState.observe`) and the
-program (`slr`); the runner (`server/engine/runner.py`) runs the thought passes of all
-requests inside its batched decode steps. It does not do the `recurrent` layout, loop
-LoRAs or training yet.
+With a trained adapter (`latent_ops/lora.py`, `latentserve train-slr`), loop t's pass runs
+with that adapter's LoRA of loop t, and e_t goes through its timestep MLP.
+
+Contrastive refinement (method `contrastive`, ALGORITHMS.md §3; Wang et al., arXiv
+2506.08552) on this loop: after loop t's pass with the adapter (h_strong), the same input
+runs through the frozen base model at the same position (h_weak; its KV is thrown away),
+and the loop state becomes h_t = h_strong + g_t with g_t = γ g_{t-1} + (1-γ) η (h_strong −
+h_weak), g_0 = 0. h_t is what the next loop's feedback, the exit criterion and (after the
+last loop) the first answer token read; the KV cache keeps the strong pass's keys and
+values. Where the paper is silent we chose: strong/weak = with/without our loop adapters
+(the paper uses two checkpoints), the update applies to the final-norm state, and g starts
+at zero per request. It costs one more forward pass per loop for those rows.
+
+This module has the maths (`loop_input`, `ThoughtState`) and the program (`slr`); the
+runner (`server/engine/runner.py`) runs the thought passes of all requests inside its
+batched decode steps. It does not do the `recurrent` layout.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import torch
 
 from latent_ops.latentseek import Refined
 from latent_ops.program import Generate, SamplingParams
+from latent_ops.telemetry import Trace
 
 FEEDBACKS = ("hidden", "soft", "hybrid")
 RESIDUALS = ("h0", "prev", "none")
@@ -54,6 +67,12 @@ class SLRConfig:
     exit_criterion: str | None = None  # None: always run max_loops
     exit_threshold: float | None = None
     time_budget_ms: float | None = None
+    return_trace: bool = False  # put the loop states' trajectory in the response
+    adapter: str | None = None  # a named LoopAdapter loaded at start-up (--slr-adapter)
+    # contrastive refinement (ALGORITHMS.md §3): needs an adapter (strong) against the base
+    contrastive: bool = False
+    eta: float = 0.5
+    gamma: float = 0.5
 
 
 @dataclass
@@ -71,6 +90,33 @@ def timestep_embedding(t: int, d: int) -> torch.Tensor:
     angles = t * freqs
     emb = torch.cat([torch.sin(angles), torch.cos(angles), torch.zeros(d - 2 * half)])
     return emb / emb.norm()
+
+
+def loop_input(cfg, t, latent, logprobs, anchor, prev_input, embed, embed_norm, adapter=None):
+    """x_t, the input of loop t, for one row or a batch (differentiable; training uses it).
+
+    latent: [..., d] final-norm state h_{t-1}; logprobs: [..., V] its next-token
+    log-probabilities; anchor: [..., d] last prompt token's embedding; prev_input: x_{t-1}
+    or None; embed: [V, d] token embeddings; adapter: a LoopAdapter (timestep MLP) or None.
+    """
+    parts = []
+    if cfg.feedback in ("soft", "hybrid"):
+        probs = torch.softmax(logprobs / cfg.temperature, dim=-1)
+        parts.append((probs.to(embed.dtype) @ embed).float())
+    if cfg.feedback in ("hidden", "hybrid"):
+        norm = latent.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        parts.append(latent * (embed_norm / norm))
+    x = sum(parts) / len(parts)
+    if cfg.timestep_scale:
+        e_t = timestep_embedding(t, x.shape[-1]).to(x)
+        if adapter is not None:
+            e_t = adapter.timestep_embedding(e_t)
+        x = x + cfg.timestep_scale * embed_norm * e_t
+    if cfg.residual == "h0":
+        x = x + cfg.beta * anchor
+    elif cfg.residual == "prev":
+        x = x + cfg.beta * (prev_input if prev_input is not None else anchor)
+    return x
 
 
 @dataclass
@@ -93,25 +139,29 @@ class ThoughtState:
     criterion: list[float] = field(default_factory=list)  # exit criterion value per loop
     stopped_reason: str | None = None  # "max_loops" | "converged" | "time_budget"
     deadline: float | None = None  # time.monotonic()
+    adapter: object = None  # latent_ops.lora.LoopAdapter: its timestep MLP
+    g: torch.Tensor | float = 0.0  # contrastive: the accumulated update g_t ([d])
+    trace: Trace = field(default_factory=Trace)  # latent telemetry of the loop states
 
     def next_input(self, embed: torch.Tensor) -> torch.Tensor:
         """x_{t+1} [d] from the state `observe` saw last; embed: [V, d] token embeddings."""
-        cfg, t, latent = self.cfg, self.loops + 1, self.prev_latent
-        parts = []
-        if cfg.feedback in ("soft", "hybrid"):
-            probs = torch.softmax(self.prev_logprobs / cfg.temperature, dim=-1)
-            parts.append((probs.to(embed.dtype) @ embed).float())
-        if cfg.feedback in ("hidden", "hybrid"):
-            parts.append(latent * (self.embed_norm / latent.norm().clamp_min(1e-12)))
-        x = sum(parts) / len(parts)
-        if cfg.timestep_scale:
-            x = x + cfg.timestep_scale * self.embed_norm * timestep_embedding(t, x.shape[-1]).to(x)
-        if cfg.residual == "h0":
-            x = x + cfg.beta * self.anchor
-        elif cfg.residual == "prev":
-            x = x + cfg.beta * (self.prev_input if self.prev_input is not None else self.anchor)
-        self.prev_input = x
-        return x
+        self.prev_input = loop_input(
+            self.cfg,
+            self.loops + 1,
+            self.prev_latent,
+            self.prev_logprobs,
+            self.anchor,
+            self.prev_input,
+            embed,
+            self.embed_norm,
+            self.adapter,
+        )
+        return self.prev_input
+
+    def accumulate(self, strong: torch.Tensor, weak: torch.Tensor) -> None:
+        """Contrastive: g_t = γ g_{t-1} + (1-γ) η (h_strong - h_weak); strong, weak: [d]."""
+        cfg = self.cfg
+        self.g = cfg.gamma * self.g + (1 - cfg.gamma) * cfg.eta * (strong - weak)
 
     def observe(self, latent: torch.Tensor, logits: torch.Tensor, now: float) -> bool:
         """Record loop t's state (latent [d], logits [V]); True when the loops are done.
@@ -119,6 +169,7 @@ class ThoughtState:
         Called once for the prompt's last position (t = 0), then after every loop.
         """
         logprobs = torch.log_softmax(logits.float(), dim=-1)
+        self.trace.add(latent)
         if self.prev_latent is not None:
             self.loops += 1
             self.deltas.append(
@@ -168,6 +219,7 @@ class ThoughtState:
             "loop_deltas": [round(x, 6) for x in self.deltas],
             "exit_criterion": self.cfg.exit_criterion,
             "exit_values": [round(x, 6) for x in self.criterion],
+            "trace": self.trace.summary(self.cfg.return_trace),
         }
 
 
@@ -177,7 +229,24 @@ def slr(prompt_ids: list[int], params: SamplingParams, cfg: SLRConfig, clock=tim
     deadline = None if cfg.time_budget_ms is None else start + cfg.time_budget_ms / 1000
     need = Generate(prompt_ids, replace(params), thoughts=Thoughts(cfg, deadline))
     [generation] = yield [need]
-    info = generation.thoughts or {"loops": 0, "stopped_reason": "max_loops", "loop_deltas": []}
-    out = Refined(generation, "slr", 0, info["stopped_reason"], None, None, loops=info)
+    info = dict(generation.thoughts or {"loops": 0, "stopped_reason": "max_loops"})
+    trace = info.pop("trace", None)
+    method = "contrastive" if cfg.contrastive else "slr"
+    out = Refined(generation, method, 0, info["stopped_reason"], None, None, loops=info)
+    if trace is not None:
+        out.trace, out.return_trace = _Recorded(trace), cfg.return_trace
     out.refinement_time_ms = (clock() - start) * 1000
     return out
+
+
+class _Recorded:
+    """A trace already summarised by the runner (it crossed the engine as a dict)."""
+
+    def __init__(self, summary: dict):
+        self._summary = summary
+        self.norms = summary["norms"]
+        self.cosine_drift = summary["cosine_drift"]
+        self.distance = summary["distance"]
+
+    def summary(self, points: bool = True) -> dict:
+        return self._summary

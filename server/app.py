@@ -57,6 +57,7 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         max_queued_requests=config.max_queued_requests,
         on_finish=lambda stats: _finished(metrics if config.enable_metrics else None, stats),
         on_latent_update=metrics.record_latent_update if config.enable_metrics else None,
+        slr_adapters=dict(item.split("=", 1) for item in config.slr_adapter),
     )
     metrics.bind_engine(engine, _device_memory_fn(engine.runner.device, loaded.model))
     engine.start()

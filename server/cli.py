@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="accuracy of greedy or LatentSeek on math word problems")
     add_config_flags(evaluate, EvalConfig)
+    from server.tools.train_slr import TrainConfig
+
+    train = sub.add_parser("train-slr", help="train SLR loop adapters (base model frozen)")
+    add_config_flags(train, TrainConfig)
+    from server.tools import telemetry_plot
+
+    telemetry_plot.add_arguments(
+        sub.add_parser("telemetry-plot", help="plot latent trajectories of traced requests")
+    )
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     from server.tools import bench_serve
 
@@ -111,6 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         from server.tools.eval import main as eval_main
 
         return eval_main(_config(parser, EvalConfig, ns, "latentserve eval"))
+    if ns.command == "train-slr":
+        from server.tools.train_slr import TrainConfig
+        from server.tools.train_slr import main as train_main
+
+        return train_main(_config(parser, TrainConfig, ns, "latentserve train-slr"))
+    if ns.command == "telemetry-plot":
+        from server.tools import telemetry_plot
+
+        return telemetry_plot.run(ns)
     if ns.command == "bench":
         from server.tools import bench_serve
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ServerConfig(BaseModel):
@@ -70,6 +70,11 @@ class ServerConfig(BaseModel):
     max_loops: int = Field(
         16, ge=0, le=256, description="largest latent.max_loops an SLR request may ask for"
     )
+    slr_adapter: list[str] = Field(
+        default_factory=list,
+        description="SLR loop adapters to load, NAME=DIR (from `latentserve train-slr`); "
+        "requests pick one with latent.adapter",
+    )
     speculative_steps: int = Field(
         3,
         ge=1,
@@ -101,3 +106,16 @@ class ServerConfig(BaseModel):
     log_format: Literal["json", "text"] = Field(
         "json", description="log lines as JSON objects (with request ids) or plain text"
     )
+
+    @field_validator("slr_adapter")
+    @classmethod
+    def _adapters_exist(cls, items: list[str]) -> list[str]:
+        from pathlib import Path
+
+        for item in items:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"{item!r}: want NAME=DIR")
+            if not (Path(path) / "adapter.json").is_file():
+                raise ValueError(f"{path!r} holds no adapter.json (write one with train-slr)")
+        return items

@@ -19,9 +19,12 @@ STEP_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
 GAIN_BUCKETS = (-1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 0.75, 1)
 UPDATE_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+NORM_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+COSINE_BUCKETS = (-0.5, 0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1)
+DISTANCE_BUCKETS = (0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 P = "latentserve:"
-METHODS = ("none", "latentseek")  # request methods served so far ("none" = plain)
+METHODS = ("none", "latentseek", "slr", "contrastive")  # "none" = plain generation
 
 
 class Metrics:
@@ -98,6 +101,27 @@ class Metrics:
             buckets=GAIN_BUCKETS,
             registry=r,
         )
+        self.latent_norm = Histogram(
+            P + "latent_norm",
+            "Mean L2 norm of a refined request's final latents",
+            ["method"],
+            buckets=NORM_BUCKETS,
+            registry=r,
+        )
+        self.latent_cosine_drift = Histogram(
+            P + "latent_cosine_drift",
+            "Cosine similarity of latents with the previous iteration's, per iteration",
+            ["method"],
+            buckets=COSINE_BUCKETS,
+            registry=r,
+        )
+        self.latent_distance = Histogram(
+            P + "latent_distance",
+            "Relative distance of the final latents from the first, per request",
+            ["method"],
+            buckets=DISTANCE_BUCKETS,
+            registry=r,
+        )
         self.latent_update = Histogram(
             P + "latent_update_seconds",
             "One batched latent update",
@@ -125,6 +149,9 @@ class Metrics:
                 self.refinement_duration,
                 self.refinement_steps,
                 self.reward_gain,
+                self.latent_norm,
+                self.latent_cosine_drift,
+                self.latent_distance,
             ):
                 child.labels(method=method)
 
@@ -165,6 +192,12 @@ class Metrics:
                 self.reward_gain.labels(method=method).observe(
                     info["final_reward"] - info["initial_reward"]
                 )
+            trace = stats.trace
+            if trace is not None and trace.norms:
+                self.latent_norm.labels(method=method).observe(trace.norms[-1])
+                self.latent_distance.labels(method=method).observe(trace.distance[-1])
+                for value in trace.cosine_drift:
+                    self.latent_cosine_drift.labels(method=method).observe(value)
 
     def record_latent_update(self, seconds: float, rows: int) -> None:
         self.latent_update.observe(seconds)

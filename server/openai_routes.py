@@ -231,7 +231,14 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = await asyncio.to_thread(lambda: [state.tokenizer(t)["input_ids"] for t in texts])
     budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
     program, method = build_program(
-        body, state.config, prompts, texts, budgets, body.logprobs, chat_encoder(state.tokenizer)
+        body,
+        state.config,
+        prompts,
+        texts,
+        budgets,
+        body.logprobs,
+        chat_encoder(state.tokenizer),
+        state.engine.adapters,
     )
     prompt_tokens = sum(len(p) for p in prompts)
     sub = _submit(request, state, program, method=method)
@@ -308,7 +315,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     k = (body.top_logprobs or 0) if body.logprobs else None
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), rendered)
     program, method = build_program(
-        body, state.config, [ids], [question], [budget], k, chat_encoder(state.tokenizer)
+        body,
+        state.config,
+        [ids],
+        [question],
+        [budget],
+        k,
+        chat_encoder(state.tokenizer),
+        state.engine.adapters,
     )
     sub = _submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()

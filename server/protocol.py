@@ -68,7 +68,7 @@ class LatentSpec(BaseModel):
     `latent_ops.slr.SLRConfig`); server flags cap them."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    method: Literal["none", "latentseek", "slr"] = "none"
+    method: Literal["none", "latentseek", "slr", "contrastive"] = "none"
     max_steps: int | None = Field(None, ge=0)
     lr: FiniteFloat | None = Field(None, gt=0.0, le=10.0)
     fraction: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
@@ -85,6 +85,8 @@ class LatentSpec(BaseModel):
     beta: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
     timestep_scale: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
     adapter: str | None = Field(None, min_length=1, max_length=128)
+    eta: FiniteFloat | None = Field(None, ge=0.0, le=100.0)
+    gamma: FiniteFloat | None = Field(None, ge=0.0, le=1.0)
     return_trace: bool = False
 
 
@@ -188,6 +190,7 @@ class LatentSummary(BaseModel):
     loop_deltas: list[float] | None = None
     exit_criterion: str | None = None
     exit_values: list[float] | None = None
+    trace: dict | None = None  # latent telemetry, with return_trace (latent_ops.telemetry)
 
 
 class CompletionResponse(BaseModel):

@@ -51,10 +51,13 @@ def chat_encoder(tokenizer):
     return encode
 
 
-def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode_chat=None):
+def build_program(
+    body, config, prompts, prompt_texts, budgets, logprobs, encode_chat=None, adapters=None
+):
     """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens.
 
-    encode_chat(messages) -> token ids renders verifier prompts for the self reward.
+    encode_chat(messages) -> token ids renders verifier prompts for the self reward;
+    adapters: the engine's SLR loop adapters by name.
     """
     spec = body.latent
     timeout = config.request_timeout
@@ -72,10 +75,10 @@ def build_program(body, config, prompts, prompt_texts, budgets, logprobs, encode
         return plain_generation(needs), "none"
     if len(prompts) != 1 or body.n != 1:
         raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
-    if spec.method == "slr":
+    if spec.method in ("slr", "contrastive"):
         deadline = None if timeout is None else time.monotonic() + timeout
         params = sampling_params(body, budgets[0], None, deadline=deadline)
-        return slr(prompts[0], params, slr_config(spec, config)), "slr"
+        return slr(prompts[0], params, slr_config(spec, config, adapters or {})), spec.method
     if spec.reward is None:
         raise APIError(400, "latentseek needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
@@ -118,19 +121,33 @@ def _time_budget(budget_ms: float | None, config) -> float | None:
     return budget_ms
 
 
-def slr_config(spec, config) -> SLRConfig:
-    if spec.adapter is not None:  # loop adapters: not built yet, none can be loaded
-        raise APIError(
-            400,
-            f"latent.adapter {spec.adapter!r} is not loaded on this server",
-            param="latent.adapter",
-        )
-    given = {
-        name: getattr(spec, name)
-        for name in ("max_loops", "feedback", "residual", "beta", "timestep_scale")
-        if getattr(spec, name) is not None
-    }
-    cfg = SLRConfig(**given, time_budget_ms=_time_budget(spec.time_budget_ms, config))
+def slr_config(spec, config, adapters: dict) -> SLRConfig:
+    """SLRConfig from the request; a named adapter's training settings are the defaults."""
+    given = {}
+    if spec.adapter is not None:
+        if spec.adapter not in adapters:
+            loaded = ", ".join(sorted(adapters)) or "none"
+            raise APIError(
+                400,
+                f"latent.adapter {spec.adapter!r} is not loaded on this server (loaded: {loaded})",
+                param="latent.adapter",
+            )
+        adapter = adapters[spec.adapter]
+        given = {"max_loops": adapter.cfg.loops, **adapter.cfg.slr, "adapter": spec.adapter}
+    for name in ("max_loops", "feedback", "residual", "beta", "timestep_scale", "eta", "gamma"):
+        if getattr(spec, name) is not None:
+            given[name] = getattr(spec, name)
+    if spec.method == "contrastive":
+        if spec.adapter is None:  # strong = with the loop adapters, weak = without
+            raise APIError(
+                400, "contrastive refinement needs latent.adapter", param="latent.adapter"
+            )
+        given["contrastive"] = True
+    cfg = SLRConfig(
+        **given,
+        time_budget_ms=_time_budget(spec.time_budget_ms, config),
+        return_trace=spec.return_trace,
+    )
     if spec.exit is not None:
         cfg.exit_criterion, cfg.exit_threshold = spec.exit.criterion, spec.exit.threshold
     if cfg.max_loops > config.max_loops:

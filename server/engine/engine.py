@@ -83,6 +83,7 @@ class RequestStats:
     completion_tokens: int = 0
     refinement_tokens: int = 0
     refinement: dict | None = None  # the `latent` summary of a refined request
+    trace: Any = None  # its latent_ops.telemetry.Trace (norms, cosine_drift, distance)
     outcome: str = "pending"  # "stop" | "length" | "abort" | "cancelled" | "error"
 
 
@@ -161,6 +162,11 @@ class Engine:
     @property
     def num_waiting(self) -> int:
         return self._waiting
+
+    @property
+    def adapters(self) -> dict:
+        """Loaded SLR loop adapters by name (latent_ops.lora.LoopAdapter)."""
+        return self.runner.lora.adapters if self.runner.lora is not None else {}
 
     @property
     def num_running(self) -> int:
@@ -485,6 +491,7 @@ def _record_output(stats: RequestStats, output) -> None:
         stats.outcome = generations[0].finish_reason
     if hasattr(output, "summary"):
         stats.refinement = output.summary()
+        stats.trace = getattr(output, "trace", None)
         stats.refinement_tokens = output.refinement_tokens
 
 
@@ -511,10 +518,12 @@ def build_engine(
     max_queued_requests: int = 64,
     on_finish=None,
     on_latent_update=None,
+    slr_adapters: dict[str, str] | None = None,
 ) -> Engine:
     """A runner and an engine (not started) for a `LoadedModel`.
 
     The context length is the smaller of `max_model_len` and the model's own.
+    slr_adapters: name -> directory of SLR loop adapters (`latentserve train-slr`).
     """
     model, tok = loaded.model, loaded.tokenizer
     model_len = getattr(model.config, "max_position_embeddings", None) or 2048
@@ -525,6 +534,16 @@ def build_engine(
         eos_token_ids=eos_token_ids(model, tok),
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
     )
+    if slr_adapters:
+        from latent_ops.lora import LoopAdapter, LoRABank
+
+        bank = LoRABank()
+        device = next(model.parameters()).device
+        for name, path in slr_adapters.items():
+            adapter = LoopAdapter.load(path, model).to(device).requires_grad_(False)
+            bank.add(name, adapter)
+        bank.install(model)
+        runner.lora = bank
     return Engine(
         runner,
         tok,

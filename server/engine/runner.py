@@ -116,6 +116,7 @@ class ModelRunner:
         self.prefix_cache: dict[object, tuple[list[int], list[tuple]]] = {}
         self.embed = model.get_input_embeddings()
         self._embed_norm: float | None = None  # mean token-embedding norm (SLR feedback)
+        self.lora = None  # latent_ops.lora.LoRABank of SLR loop adapters, when any are loaded
         self.forward_passes = 0
         self.prefill_tokens = 0  # prompt tokens actually run through the model
         self.reused_tokens = 0  # prompt tokens taken from the prefix cache instead
@@ -177,7 +178,7 @@ class ModelRunner:
     def _decode(self) -> None:
         ids = self.next_tokens[:, None]  # [B, 1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
-        embeds = None
+        embeds = slots = None
         thinking = [r for r, s in enumerate(self.running) if s.pending_input is not None]
         if thinking:  # SLR thought rows feed a vector instead of a token
             embeds = self.embed(ids)  # [B, 1, d]
@@ -185,9 +186,44 @@ class ModelRunner:
                 seq = self.running[row]
                 embeds[row, 0] = seq.pending_input.to(embeds.dtype)
                 seq.pending_input = None
-        hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
+                name = seq.thoughts.cfg.adapter
+                if name is not None:  # loop t runs with the adapter's LoRA of loop t
+                    if slots is None:
+                        slots = torch.full((len(self.running),), -1, dtype=torch.long)
+                    slots[row] = self.lora.slot(name, seq.thought_state.loops + 1)
+        if slots is not None:
+            self.lora.slots = slots.to(self.device)
+        try:
+            hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
+        finally:
+            if slots is not None:
+                self.lora.slots = None
+        contrast = [r for r in thinking if self.running[r].thoughts.cfg.contrastive]
+        if contrast:
+            self._contrast(contrast, embeds, hidden)
         self.next_pos = self.next_pos + 1
         self.next_tokens = self._sample_and_append(hidden[:, -1], self.running)
+
+    def _contrast(self, rows: list[int], embeds: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Contrastive refinement (ALGORITHMS.md §3) of the thought rows `rows`, in place.
+
+        hidden[rows, -1] is h_strong (the loop's pass with its adapter); the same inputs
+        (embeds [B, 1, d]) run again through the base model alone, over a copy of those
+        rows' cache without the column the strong pass just wrote, giving h_weak; then
+        g_t = γ g_{t-1} + (1-γ) η (h_strong - h_weak) and h_t = h_strong + g_t.
+        """
+        index = torch.tensor(rows, device=self.device)
+        cache = DynamicCache(config=self.config)
+        for i, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys[index, :, :-1], layer.values[index, :, :-1], i)
+        weak = self._forward(
+            None, self.mask[index], self.next_pos[index, None], cache, embeds[index]
+        )[:, -1]
+        for k, row in enumerate(rows):
+            state = self.running[row].thought_state
+            strong = hidden[row, -1].float()
+            state.accumulate(strong, weak[k].float())
+            hidden[row, -1] = (strong + state.g).to(hidden.dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         reuse = [self._lookup(s) for s in seqs]  # (n cached tokens, their KV or None)
@@ -295,8 +331,13 @@ class ModelRunner:
                 if self._embed_norm is None:
                     self._embed_norm = float(self.embed.weight.float().norm(dim=-1).mean())
                 anchor = self.embed.weight[seq.prompt_ids[-1]].float()
+                name = seq.thoughts.cfg.adapter
                 state = seq.thought_state = ThoughtState(
-                    seq.thoughts.cfg, anchor, self._embed_norm, deadline=seq.thoughts.deadline
+                    seq.thoughts.cfg,
+                    anchor,
+                    self._embed_norm,
+                    deadline=seq.thoughts.deadline,
+                    adapter=self.lora.adapters[name] if name is not None else None,
                 )
             if state.stopped_reason is not None:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ class Problem:
     question: str
     answer: str  # the final answer, a number as text
     steps: int | None = None  # operations needed (synthetic problems only)
+    # worked solution, one reasoning step per item (GSM8K's lines without the calculator
+    # annotations; synthetic: one equation per operation); what train-slr distils
+    rationale: tuple[str, ...] = ()
 
 
 def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
@@ -36,8 +40,10 @@ def _read_gsm8k(path: Path):
                 continue
             try:
                 row = json.loads(line)
-                final = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-                yield Problem(row["question"], final)
+                work, final = row["answer"].rsplit("####", 1)
+                final = final.strip().replace(",", "")
+                lines = (re.sub(r"<<[^>]*>>", "", x).strip() for x in work.splitlines())
+                yield Problem(row["question"], final, rationale=tuple(x for x in lines if x))
             except (ValueError, KeyError, IndexError, AttributeError) as exc:
                 raise ValueError(f"{path}:{n}: not a GSM8K row ({exc})") from exc
 
@@ -71,20 +77,25 @@ def _one_problem(rng: random.Random, steps: int) -> Problem:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     value = rng.randint(2, 20)
     sentences = [f"{name} has {value} {item}."]
+    work = []
     for _ in range(steps):
+        before = value
         op = rng.choice(["add", "sub", "mul"] if value <= 30 else ["add", "sub"])
         if op == "add":
             k = rng.randint(2, 15)
             value += k
             sentences.append(f"{name} gets {k} more {item}.")
+            work.append(f"{before} + {k} = {value}")
         elif op == "sub" and value > 2:
             k = rng.randint(1, value - 1)
             value -= k
             sentences.append(f"{name} gives away {k} {item}.")
+            work.append(f"{before} - {k} = {value}")
         else:
             k = rng.randint(2, 4)
             value *= k
             times = {2: "twice", 3: "three times", 4: "four times"}[k]
             sentences.append(f"Then the number of {item} {name} has becomes {times} as many.")
+            work.append(f"{before} * {k} = {value}")
     question = " ".join(sentences) + f" How many {item} does {name} have now?"
-    return Problem(question, str(value), steps)
+    return Problem(question, str(value), steps, tuple(work))

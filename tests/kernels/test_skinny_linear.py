@@ -28,4 +28,5 @@ def test_install_routes_float32_linear_layers_and_keeps_their_outputs():
     assert install(model) == 2
     assert "forward" in vars(model[0])  # the instance's forward was replaced
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
-    assert install(model.to(torch.bfloat16)) == 0  # other dtypes keep torch's own path
+    assert install(model) == 0  # installed once only
+    assert install(torch.nn.Linear(4, 4).to(torch.bfloat16)) == 0  # other dtypes: torch's path

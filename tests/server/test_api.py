@@ -284,6 +284,8 @@ LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer"
         ),
         ({"method": "slr", "exit": {"criterion": "kl"}}, "latent.exit.threshold"),
         ({"method": "slr", "adapter": "nope"}, "latent.adapter"),
+        ({"method": "contrastive"}, "latent.adapter"),
+        ({"method": "contrastive", "gamma": 1.5}, "latent.gamma"),
         ({"method": "slr", "time_budget_ms": 1e12}, "latent.time_budget_ms"),
     ],
 )
@@ -422,3 +424,52 @@ def test_webhook_reward_over_http(client, grader):
     latent = resp.model_extra["latent"]
     assert latent["reward_history"] and set(latent["reward_history"]) <= {0.0, -1.0}
     assert any(p == "/reward" and c["prompt"] == "What is 3 + 4?" for p, c in grader.calls)
+
+
+def test_return_trace_telemetry_metrics_and_plot(server, client, tmp_path):
+    from server.cli import main as cli_main
+
+    def norm_count():
+        text = httpx.get(server.url + "/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith(key))
+        return float(line.split()[-1])
+
+    key = 'latentserve:latent_norm_count{method="slr"}'
+    before = norm_count()
+    lines = []
+    for latent in (
+        {**LS, "max_steps": 2, "fraction": 0.5, "return_trace": True},
+        {"method": "slr", "max_loops": 3, "return_trace": True},
+    ):
+        resp = client.completions.create(
+            model="tiny-model0",
+            prompt="What is 3 + 4?",
+            max_tokens=8,
+            temperature=0,
+            extra_body={"latent": latent},
+        )
+        info = resp.model_extra["latent"]
+        trace = info["trace"]
+        iterations = info["loops"] + 1 if latent["method"] == "slr" else info["steps"] + 1
+        assert len(trace["points"]) == len(trace["norms"]) == iterations
+        assert trace["distance"][0] == 0 and len(trace["cosine_drift"]) == iterations - 1
+        lines.append(resp.model_dump_json())
+    untraced = client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=8,
+        temperature=0,
+        extra_body={"latent": {"method": "slr", "max_loops": 1}},
+    )
+    assert untraced.model_extra["latent"].get("trace") is None
+    assert norm_count() == before + 2  # one traced and one untraced SLR request
+    assert 'latentserve:latent_distance_count{method="latentseek"}' in httpx.get(
+        server.url + "/metrics"
+    ).text
+    path = tmp_path / "traces.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert cli_main(["telemetry-plot", "--in", str(path), "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "none.jsonl").write_text('{"latent": {"method": "slr"}}\n')
+    with pytest.raises(SystemExit, match="no request in the input has a trace"):
+        cli_main(["telemetry-plot", "--in", str(tmp_path / "none.jsonl")])

@@ -1,0 +1,47 @@
+"""`latentserve train-slr` on the tiny model: it lowers its loss, writes an adapter the
+server loads, and resumes from its checkpoint."""
+
+import json
+
+import pytest
+
+from server.cli import main as cli_main
+from server.tools.train_slr import TrainConfig, target_text, train
+
+
+def test_target_drops_the_replaced_steps():
+    assert target_text(("1 + 2 = 3", "3 * 2 = 6"), "6", 1) == "3 * 2 = 6\nThe answer is \\boxed{6}."
+    assert target_text(("1 + 2 = 3",), "3", 4) == "The answer is \\boxed{3}."
+
+
+def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "ad"
+    cfg = TrainConfig(
+        out=str(out),
+        model=str(tiny_model_dir),
+        loops=2,
+        rank=2,
+        steps=24,
+        batch_size=2,
+        lr=1e-2,
+        synthetic=4,
+        save_every=12,
+        max_target_tokens=24,
+    )
+    first = train(cfg.model_copy(update={"stop_after": 12}))
+    assert first["steps"] == 12 and (out / "checkpoint.pt").is_file()
+    result = train(cfg.model_copy(update={"resume": True}))
+    history = result["history"]
+    assert [h["step"] for h in history] == list(range(1, 25))  # 12 then 12 more, resumed
+    assert [h["stage"] for h in history][:12] == [1] * 12 and history[-1]["stage"] == 2
+    # four problems seen again and again: the adapters must fit them
+    assert sum(h["loss"] for h in history[-4:]) < sum(h["loss"] for h in history[12:16])
+    meta = json.loads((out / "adapter.json").read_text())
+    assert meta["loops"] == 2 and meta["slr"]["feedback"] == "hidden"
+    # the server accepts it; a directory without an adapter is refused, naming the flag
+    from server.config import ServerConfig
+
+    assert ServerConfig(slr_adapter=[f"math={out}"]).slr_adapter == [f"math={out}"]
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["serve", "--slr-adapter", f"math={tmp_path}/nope"])
+    assert exit_.value.code == 2
