@@ -44,23 +44,36 @@ class AdapterConfig:
     timestep_mlp: bool = True
 
 
+def _key(module_path: str) -> str:
+    """A module path as a ParameterDict key ("model.layers.0.mlp.up_proj" -> with "__")."""
+    return module_path.replace(".", "__")
+
+
+def target_modules(model: nn.Module, targets) -> dict[str, nn.Linear]:
+    """key -> every nn.Linear of `model` whose own name is in `targets` (one per layer)."""
+    return {
+        _key(name): module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    }
+
+
 class LoopAdapter(nn.Module):
-    """Per-loop LoRA pairs for each target name (shapes from `model`), and a timestep MLP."""
+    """Per-loop LoRA pairs for every target linear layer of `model` (one pair per layer and
+    loop, as LoRA does per module), and a timestep MLP."""
 
     def __init__(self, cfg: AdapterConfig, model: nn.Module):
         super().__init__()
         self.cfg = cfg
-        shapes = {}
-        for name, module in model.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if isinstance(module, nn.Linear) and leaf in cfg.targets:
-                shapes.setdefault(leaf, (module.in_features, module.out_features))
-        missing = set(cfg.targets) - set(shapes)
+        modules = target_modules(model, cfg.targets)
+        found = {key.rsplit("__", 1)[-1] for key in modules}
+        missing = set(cfg.targets) - found
         if missing:
             raise ValueError(f"the model has no linear layers named {sorted(missing)}")
         self.A = nn.ParameterDict()
         self.B = nn.ParameterDict()
-        for leaf, (fan_in, fan_out) in shapes.items():
+        for leaf, module in modules.items():
+            fan_in, fan_out = module.in_features, module.out_features
             a = torch.empty(cfg.loops, cfg.rank, fan_in)
             for t in range(cfg.loops):
                 nn.init.kaiming_uniform_(a[t], a=5**0.5)
@@ -168,14 +181,13 @@ class LoRABank:
         if self._installed:
             return
         targets = next(iter(self.adapters.values())).cfg.targets
-        for name, module in model.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if isinstance(module, nn.Linear) and leaf in targets:
-                module.forward = types.MethodType(_lora_forward(self, leaf, module.forward), module)
+        for key, module in target_modules(model, targets).items():
+            module.forward = types.MethodType(_lora_forward(self, key, module.forward), module)
         self._installed = True
 
     def delta(self, leaf: str, x: torch.Tensor) -> torch.Tensor | None:
-        """The LoRA term for x [B, S, in] under `slots`, or None when no row has one."""
+        """The LoRA term of layer `leaf` (a target_modules key) for x [B, S, in] under
+        `slots`, or None when no row has one."""
         slots = self.slots
         if slots is None or not bool((slots >= 0).any()):
             return None

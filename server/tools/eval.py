@@ -33,7 +33,9 @@ INSTRUCTION = "\nPut the final answer in \\boxed{}."
 
 class EvalConfig(BaseModel):
     data: str = Field(description="a GSM8K-format JSONL file, or synthetic:N[,seed=S][,steps=A-B]")
-    method: Literal["none", "latentseek", "slr"] = Field("latentseek", description="refinement")
+    method: Literal["none", "latentseek", "slr", "contrastive"] = Field(
+        "latentseek", description="refinement"
+    )
     reward: Literal["reference", "self"] = Field("reference", description="LatentSeek reward")
     limit: int | None = Field(None, ge=1, description="first N problems only")
     out: str = Field("eval-report.json", description="JSON report; the plot goes beside it")
@@ -50,11 +52,20 @@ class EvalConfig(BaseModel):
     threshold: float = Field(-0.2, description="LatentSeek stops when reward > threshold")
     select: Literal["best", "last"] = Field("best", description="answer returned")
     verifier_max_tokens: int = Field(64, ge=1, description="self-reward verifier tokens")
-    max_loops: int = Field(4, ge=0, description="SLR loops")
-    feedback: Literal["hidden", "soft", "hybrid"] = Field("soft", description="SLR feedback")
-    residual: Literal["h0", "prev", "none"] = Field("none", description="SLR loop residual")
-    beta: float = Field(0.1, ge=0, description="SLR residual weight")
-    timestep_scale: float = Field(0.0, ge=0, description="SLR timestep embedding scale")
+    max_loops: int | None = Field(
+        None, ge=0, description="SLR loops (default: 4, or the adapter's)"
+    )
+    feedback: Literal["hidden", "soft", "hybrid"] | None = Field(None, description="SLR feedback")
+    residual: Literal["h0", "prev", "none"] | None = Field(None, description="SLR loop residual")
+    beta: float | None = Field(None, ge=0, description="SLR residual weight")
+    timestep_scale: float | None = Field(None, ge=0, description="SLR timestep embedding scale")
+    slr_adapter: str | None = Field(
+        None,
+        description="SLR loop adapter directory (train-slr); in process it is loaded as "
+        "'eval', with --url name one the server loaded as NAME=DIR",
+    )
+    eta: float | None = Field(None, ge=0, description="contrastive step size")
+    gamma: float | None = Field(None, ge=0, le=1, description="contrastive momentum")
     api_key: str | None = Field(None, description="bearer key for --url")
 
 
@@ -66,9 +77,13 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
     """The request's `latent` field for one problem (None for plain decoding)."""
     if cfg.method == "none":
         return None
-    if cfg.method == "slr":
-        keys = ("max_loops", "feedback", "residual", "beta", "timestep_scale")
-        return {"method": "slr", **{k: getattr(cfg, k) for k in keys}}
+    if cfg.method in ("slr", "contrastive"):
+        keys = ("max_loops", "feedback", "residual", "beta", "timestep_scale", "eta", "gamma")
+        latent = {"method": cfg.method, **{k: getattr(cfg, k) for k in keys}}
+        if cfg.slr_adapter:
+            name, _, path = cfg.slr_adapter.rpartition("=")
+            latent["adapter"] = name if cfg.url and name else "eval"
+        return {k: v for k, v in latent.items() if v is not None}
     reward = (
         {"type": "reference", "reference_answer": problem.answer}
         if cfg.reward == "reference"
@@ -106,7 +121,10 @@ def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[d
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     encode = chat_encoder(loaded.tokenizer)
     engine = build_engine(
-        loaded, max_batch_size=cfg.max_batch_size, max_queued_requests=len(problems) + 1
+        loaded,
+        max_batch_size=cfg.max_batch_size,
+        max_queued_requests=len(problems) + 1,
+        slr_adapters={"eval": cfg.slr_adapter.rpartition("=")[2]} if cfg.slr_adapter else None,
     )
     limits = ServerConfig(
         model=cfg.model,
@@ -121,7 +139,7 @@ def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[d
         body = ChatCompletionRequest.model_validate(request)
         ids = encode(request["messages"])
         program, _ = build_program(
-            body, limits, [ids], [question_text(p)], [cfg.max_tokens], None, encode
+            body, limits, [ids], [question_text(p)], [cfg.max_tokens], None, encode, engine.adapters
         )
         programs.append(program)
     start = time.monotonic()
@@ -212,7 +230,7 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
         )
     n = len(rows) or 1
     by_budget = None
-    if cfg.method in ("none", "slr"):
+    if cfg.method in ("none", "slr", "contrastive"):
         by_budget = {0: sum(r["correct"] for r in rows) / n}
     elif all("candidates" in r or cfg.reward == "reference" for r in records):
         # candidate i was right: judged from its text in process; over HTTP the reference
@@ -251,8 +269,15 @@ def score(cfg: EvalConfig, problems: list[Problem], records: list[dict], wall: f
 def table(report: dict) -> str:
     s, c = report["summary"], report["config"]
     label = c["method"] if c["method"] == "none" else f"{c['method']} ({c['reward']})"
-    if c["method"] == "slr":
-        label = f"slr ({c['feedback']}, {c['max_loops']} loops, residual {c['residual']})"
+    if c["method"] in ("slr", "contrastive"):
+        settings = {
+            k: c[k]
+            for k in ("max_loops", "feedback", "residual", "eta", "gamma")
+            if c[k] is not None
+        }
+        adapter = f"adapter {c['slr_adapter']}" if c["slr_adapter"] else "no adapter"
+        label = f"{c['method']} ({adapter}{', ' if settings else ''}"
+        label += ", ".join(f"{k} {v}" for k, v in settings.items()) + ")"
 
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)

@@ -35,10 +35,17 @@ def test_rows_use_their_own_loop_pair(tok):
     for row, t in enumerate([-1, 0, 2, 1]):
         w = layer.weight
         if t >= 0:
-            w = w + 2.0 * adapter.B["q_proj"][t] @ adapter.A["q_proj"][t]
+            key = "model__layers__0__self_attn__q_proj"
+            w = w + 2.0 * adapter.B[key][t] @ adapter.A[key][t]
         torch.testing.assert_close(out[row], x[row] @ w.T, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), x @ layer.weight.T, rtol=1e-5, atol=1e-6)
+    # one pair per layer: layer 1's q_proj has its own
+    assert len(adapter.A) == len(model.model.layers)
+    assert not torch.equal(
+        adapter.A["model__layers__0__self_attn__q_proj"],
+        adapter.A["model__layers__1__self_attn__q_proj"],
+    )
     assert bank.slot("a", 1) == 0 and bank.slot("a", 9) == 2  # past the last loop: the last
 
 
@@ -92,7 +99,7 @@ def test_slr_with_an_adapter_runs_its_loras_only_on_thought_passes(tok):
 def test_contrastive_moves_loop_states_by_the_strong_weak_difference(tok):
     model = build_model(len(tok), seed=4)
     ids = tok("Tom has 4 apples and buys 7 more.")["input_ids"]
-    params = SamplingParams(max_tokens=8)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)  # same length: passes comparable
     adapter = LoopAdapter(AdapterConfig(loops=3, rank=4), model)
     _randomise(adapter, 5)
     bank = LoRABank()

@@ -463,9 +463,10 @@ def test_return_trace_telemetry_metrics_and_plot(server, client, tmp_path):
     )
     assert untraced.model_extra["latent"].get("trace") is None
     assert norm_count() == before + 2  # one traced and one untraced SLR request
-    assert 'latentserve:latent_distance_count{method="latentseek"}' in httpx.get(
-        server.url + "/metrics"
-    ).text
+    assert (
+        'latentserve:latent_distance_count{method="latentseek"}'
+        in httpx.get(server.url + "/metrics").text
+    )
     path = tmp_path / "traces.jsonl"
     path.write_text("\n".join(lines) + "\n")
     assert cli_main(["telemetry-plot", "--in", str(path), "--out", str(tmp_path / "t.png")]) == 0
