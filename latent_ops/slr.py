@@ -36,7 +36,12 @@ at zero per request. It costs one more forward pass per loop for those rows.
 
 This module has the maths (`loop_input`, `ThoughtState`) and the program (`slr`); the
 runner (`server/engine/runner.py`) runs the thought passes of all requests inside its
-batched decode steps. It does not do the `recurrent` layout.
+batched decode steps. Layout `recurrent` (the proposal's equations taken literally): the whole prompt loops.
+Pass 0 is the plain prompt (its input is h_0, the prompt's embeddings); loop t runs the
+prompt's positions again on x_t = loop_input(states of pass t−1) per position (the same
+feedback, timestep and residual, with r = h_0 per position for `h0`), with loop t's LoRA,
+in a fresh cache; the answer is decoded from the last loop's cache. Loop deltas and exit
+criteria use the last prompt position.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ CRITERIA = ("latent_diff", "kl", "entropy", "argmax")
 
 @dataclass
 class SLRConfig:
+    layout: str = "thoughts"  # "thoughts" | "recurrent"
     max_loops: int = 4
     feedback: str = "soft"
     residual: str = "none"
@@ -232,9 +238,11 @@ def slr(prompt_ids: list[int], params: SamplingParams, cfg: SLRConfig, clock=tim
     info = dict(generation.thoughts or {"loops": 0, "stopped_reason": "max_loops"})
     trace = info.pop("trace", None)
     method = "contrastive" if cfg.contrastive else "slr"
-    out = Refined(generation, method, 0, info["stopped_reason"], None, None, loops=info)
+    # `steps` counts loops, so the refinement_steps histogram covers SLR too
+    out = Refined(generation, method, info["loops"], info["stopped_reason"], None, None, loops=info)
     if trace is not None:
         out.trace, out.return_trace = _Recorded(trace), cfg.return_trace
+    out.refinement_tokens = info["loops"]  # thought positions: usage.refinement_tokens
     out.refinement_time_ms = (clock() - start) * 1000
     return out
 

@@ -78,6 +78,7 @@ class LatentSpec(BaseModel):
     time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
     reward: RewardSpec | None = None
     # SLR
+    layout: Literal["thoughts", "recurrent"] | None = None
     max_loops: int | None = Field(None, ge=0)
     exit: ExitSpec | None = None
     feedback: Literal["hidden", "soft", "hybrid"] | None = None

@@ -134,7 +134,16 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
             )
         adapter = adapters[spec.adapter]
         given = {"max_loops": adapter.cfg.loops, **adapter.cfg.slr, "adapter": spec.adapter}
-    for name in ("max_loops", "feedback", "residual", "beta", "timestep_scale", "eta", "gamma"):
+    for name in (
+        "layout",
+        "max_loops",
+        "feedback",
+        "residual",
+        "beta",
+        "timestep_scale",
+        "eta",
+        "gamma",
+    ):
         if getattr(spec, name) is not None:
             given[name] = getattr(spec, name)
     if spec.method == "contrastive":
@@ -143,6 +152,10 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
                 400, "contrastive refinement needs latent.adapter", param="latent.adapter"
             )
         given["contrastive"] = True
+        if spec.layout == "recurrent":
+            raise APIError(
+                400, "contrastive refinement runs on the thoughts layout", param="latent.layout"
+            )
     cfg = SLRConfig(
         **given,
         time_budget_ms=_time_budget(spec.time_budget_ms, config),

@@ -37,7 +37,7 @@ from transformers import DynamicCache
 
 from kernels import skinny_linear
 from latent_ops.program import SamplingParams, TokenLogprob
-from latent_ops.slr import ThoughtState
+from latent_ops.slr import ThoughtState, loop_input
 
 
 @dataclass
@@ -226,6 +226,12 @@ class ModelRunner:
             hidden[row, -1] = (strong + state.g).to(hidden.dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
+        looped = [s for s in seqs if _recurrent(s)]
+        for seq in looped:
+            self._prefill_recurrent(seq)
+        seqs = [s for s in seqs if not _recurrent(s)]
+        if not seqs:
+            return
         reuse = [self._lookup(s) for s in seqs]  # (n cached tokens, their KV or None)
         cached_w = max(n for n, _ in reuse)
         news = [s.prompt_ids[n:] for s, (n, _) in zip(seqs, reuse)]
@@ -251,6 +257,53 @@ class ModelRunner:
         next_pos = torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device)
         tokens = self._sample_and_append(hidden[:, -1], seqs)
         self._merge(seqs, cache, mask, next_pos, tokens)
+
+    def _prefill_recurrent(self, seq: Sequence) -> None:
+        """SLR `recurrent` layout (latent_ops/slr.py): the whole prompt loops.
+
+        Pass 0 is the plain prompt; loop t runs the prompt's positions again on
+        loop_input(states of pass t-1) with the LoRA of loop t, in a fresh cache; the answer
+        is decoded from the last pass's cache. One sequence at a time (its passes are
+        prompt-sized, so they are not merged with other rows).
+        """
+        ids = torch.tensor([seq.prompt_ids], device=self.device)  # [1, S]
+        n = ids.shape[1]
+        mask = torch.ones((1, n), dtype=torch.long, device=self.device)
+        positions = torch.arange(n, device=self.device)[None]
+        embed = self.embed.weight
+        h0 = self.embed(ids)[0].float()  # [S, d]
+        state = self._thought_state(seq)
+        cfg, name = seq.thoughts.cfg, seq.thoughts.cfg.adapter
+        inputs, prev = None, None
+        while True:
+            cache = DynamicCache(config=self.config)
+            if inputs is not None and name is not None:
+                self.lora.slots = torch.tensor([self.lora.slot(name, state.loops + 1)])
+            try:
+                embeds = None if inputs is None else inputs[None].to(embed.dtype)
+                states = self._forward(ids, mask, positions, cache, embeds)[0]  # [S, d]
+            finally:
+                if self.lora is not None:
+                    self.lora.slots = None
+            self.prefill_tokens += n
+            logits = self.lm_head(states).float()  # [S, V]
+            if state.observe(states[-1].float(), logits[-1], time.monotonic()):
+                break
+            inputs = loop_input(
+                cfg,
+                state.loops + 1,
+                states.float(),
+                torch.log_softmax(logits, dim=-1),
+                h0,
+                prev,
+                embed,
+                state.embed_norm,
+                state.adapter,
+            )
+            prev = inputs
+        next_pos = torch.tensor([n], device=self.device)
+        tokens = self._sample_and_append(states[-1:], [seq])
+        self._merge([seq], cache, mask, next_pos, tokens)
 
     def _lookup(self, seq: Sequence) -> tuple[int, list | None]:
         entry = self.prefix_cache.get(seq.cache_key) if seq.cache_key is not None else None
@@ -326,19 +379,7 @@ class ModelRunner:
         for row, seq in enumerate(seqs):
             if seq.thoughts is None or seq.finished:
                 continue
-            state = seq.thought_state
-            if state is None:
-                if self._embed_norm is None:
-                    self._embed_norm = float(self.embed.weight.float().norm(dim=-1).mean())
-                anchor = self.embed.weight[seq.prompt_ids[-1]].float()
-                name = seq.thoughts.cfg.adapter
-                state = seq.thought_state = ThoughtState(
-                    seq.thoughts.cfg,
-                    anchor,
-                    self._embed_norm,
-                    deadline=seq.thoughts.deadline,
-                    adapter=self.lora.adapters[name] if name is not None else None,
-                )
+            state = self._thought_state(seq)
             if state.stopped_reason is not None:
                 continue
             now = now or time.monotonic()
@@ -346,6 +387,21 @@ class ModelRunner:
                 seq.pending_input = state.next_input(self.embed.weight)
                 thinking.add(row)
         return thinking
+
+    def _thought_state(self, seq: Sequence) -> ThoughtState:
+        """The sequence's loop state, made on first use."""
+        if seq.thought_state is None:
+            if self._embed_norm is None:
+                self._embed_norm = float(self.embed.weight.float().norm(dim=-1).mean())
+            name = seq.thoughts.cfg.adapter
+            seq.thought_state = ThoughtState(
+                seq.thoughts.cfg,
+                self.embed.weight[seq.prompt_ids[-1]].float(),
+                self._embed_norm,
+                deadline=seq.thoughts.deadline,
+                adapter=self.lora.adapters[name] if name is not None else None,
+            )
+        return seq.thought_state
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         if seq.finish_reason is not None:
@@ -395,6 +451,14 @@ class ModelRunner:
             layer.values = layer.values[index, :, first:]
         self.next_pos = self.next_pos[index]
         self.next_tokens = self.next_tokens[index]
+
+
+def _recurrent(seq: Sequence) -> bool:
+    return (
+        seq.thoughts is not None
+        and seq.thoughts.cfg.layout == "recurrent"
+        and seq.thoughts.cfg.max_loops > 0
+    )
 
 
 def _row_kv(kv, some, layer: int, width: int):

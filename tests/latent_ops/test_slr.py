@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from latent_ops.program import Generate, SamplingParams
-from latent_ops.slr import SLRConfig, ThoughtState, slr, timestep_embedding
+from latent_ops.slr import SLRConfig, ThoughtState, loop_input, slr, timestep_embedding
 from server.engine.engine import Engine
 from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
@@ -71,6 +71,59 @@ def test_engine_equals_uncached_reference(model, tok, cfg):
         assert out.loops["loop_deltas"] == pytest.approx(state.deltas, rel=1e-3, abs=1e-5)
 
 
+@torch.no_grad()
+def reference_recurrent(model, prompt_ids, cfg: SLRConfig, max_tokens: int):
+    """The recurrent layout the plain way: every loop reruns the whole prompt; the answer
+    is decoded, uncached, after the last loop's inputs."""
+    embed = model.get_input_embeddings().weight
+    norm = float(embed.norm(dim=-1).mean())
+    h0 = embed[prompt_ids].float()
+    state = ThoughtState(cfg, h0[-1], norm)
+    inputs, prev = h0, None
+
+    def run(x):
+        out = model.model(inputs_embeds=x[None]).last_hidden_state[0]
+        return out, model.lm_head(out)
+
+    states, logits = run(inputs)
+    while not state.observe(states[-1], logits[-1], 0.0):
+        t = state.loops + 1
+        inputs = loop_input(cfg, t, states, torch.log_softmax(logits, -1), h0, prev, embed, norm)
+        prev = inputs
+        states, logits = run(inputs)
+    tokens = []
+    while len(tokens) < max_tokens:
+        tokens.append(int(logits[-1].argmax()))
+        if tokens[-1] == EOS:
+            break
+        inputs = torch.cat([inputs, embed[tokens[-1]][None]])
+        states, logits = run(inputs)
+    return tokens, state
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SLRConfig(layout="recurrent", max_loops=2, feedback="soft"),
+        SLRConfig(layout="recurrent", max_loops=3, feedback="hidden", residual="h0", beta=0.5),
+        SLRConfig(layout="recurrent", max_loops=2, feedback="hybrid", timestep_scale=0.2),
+    ],
+    ids=["soft", "hidden-h0", "hybrid-timestep"],
+)
+def test_recurrent_layout_equals_uncached_reference(model, tok, cfg):
+    params = SamplingParams(max_tokens=10, temperature=0.0)
+    plain_cfg = SLRConfig(max_loops=2)  # a thoughts-layout neighbour in the same batch
+    programs = [slr(tok(p)["input_ids"], params, cfg) for p in PROMPTS]
+    outs, _ = run(model, tok, [*programs, slr(tok(PROMPTS[0])["input_ids"], params, plain_cfg)])
+    for prompt, out in zip(PROMPTS, outs, strict=False):
+        tokens, state = reference_recurrent(model, tok(prompt)["input_ids"], cfg, 10)
+        assert out.generation.token_ids == tokens
+        assert out.loops["loops"] == cfg.max_loops == state.loops
+        assert out.loops["loop_deltas"] == pytest.approx(state.deltas, rel=1e-3, abs=1e-5)
+    [alone], _ = run(model, tok, [slr(tok(PROMPTS[0])["input_ids"], params, plain_cfg)])
+    assert outs[-1].generation.token_ids == alone.generation.token_ids
+
+
 def test_zero_loops_is_exactly_plain_greedy(model, tok):
     ids = tok(PROMPTS[1])["input_ids"]
     params = SamplingParams(max_tokens=16, temperature=0.0)
@@ -128,3 +181,12 @@ def test_feedback_maths():
     e = timestep_embedding(3, 9)
     assert e.shape == (9,) and float(e.norm()) == pytest.approx(1.0)
     assert not torch.allclose(e, timestep_embedding(4, 9))
+
+
+def test_a_spent_time_budget_stops_the_loops_and_still_answers(model, tok):
+    ids = tok(PROMPTS[0])["input_ids"]
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    cfg = SLRConfig(max_loops=50, time_budget_ms=0.0)
+    (out, zero), _ = run(model, tok, [slr(ids, params, cfg), slr(ids, params, SLRConfig(0))])
+    assert out.stopped_reason == "time_budget" and out.loops["loops"] == 0 == out.steps
+    assert out.generation.token_ids == zero.generation.token_ids

@@ -286,6 +286,7 @@ LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer"
         ({"method": "slr", "adapter": "nope"}, "latent.adapter"),
         ({"method": "contrastive"}, "latent.adapter"),
         ({"method": "contrastive", "gamma": 1.5}, "latent.gamma"),
+        ({"method": "slr", "layout": "spiral"}, "latent.layout"),
         ({"method": "slr", "time_budget_ms": 1e12}, "latent.time_budget_ms"),
     ],
 )
