@@ -5,7 +5,8 @@
 Each input line is a JSON response from either completion route (or just its `latent`
 object) of a request sent with `"return_trace": true`. Every request's trace points (one
 per refinement step or loop: the mean latent, `latent_ops/telemetry.py`) are projected
-together to 2-D with PCA (torch's SVD; t-SNE needs scikit-learn) and drawn as one line per
+together to 2-D, each moved to start at the origin (refinement moves latents by a few
+percent, so absolute positions would only separate the requests), with PCA (torch's SVD; t-SNE needs scikit-learn) and drawn as one line per
 request, from a circle (start) to a square (end), coloured by the request's final reward
 (LatentSeek) or, without rewards, by its number of loops. A second panel shows each
 request's distance from its first latents per iteration. Reads files, writes a PNG; no
@@ -64,7 +65,13 @@ def plot(traces: list[dict], out: Path, method: str = "pca") -> None:
 
     if not traces:
         raise SystemExit("no request in the input has a trace (send them with return_trace)")
-    flat = [p for t in traces for p in t["trace"]["points"]]
+    # Each trajectory from its own start: refinement moves latents a few percent, so
+    # absolute positions would show only how requests differ from each other.
+    flat = [
+        [a - b for a, b in zip(p, t["trace"]["points"][0], strict=True)]
+        for t in traces
+        for p in t["trace"]["points"]
+    ]
     xy = project(flat, method)
     rewarded = all(t.get("final_reward") is not None for t in traces)
     values = [t["final_reward"] if rewarded else (t.get("loops") or 0) for t in traces]
@@ -91,7 +98,9 @@ def plot(traces: list[dict], out: Path, method: str = "pca") -> None:
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax2, label=label)
     methods = sorted({t.get("method", "?") for t in traces})
     ax.set_title(
-        f"{len(traces)} {'/'.join(methods)} trajectories ({method.upper()}), o start, ■ end"
+        f"{len(traces)} {'/'.join(methods)} trajectories from their start ({method.upper()}), "
+        "o start, ■ end",
+        fontsize=10,
     )
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")

@@ -150,7 +150,7 @@ def test_loops_beside_plain_requests_change_nothing_for_them(model, tok):
     (_, beside, _), _ = run(
         model,
         tok,
-        [slr(ids, params, SLRConfig(max_loops=3)), plain(), slr(ids, params, SLRConfig(1))],
+        [slr(ids, params, SLRConfig(max_loops=3)), plain(), slr(ids, params, SLRConfig(max_loops=1))],
     )
     assert beside.token_ids == alone.token_ids
 
@@ -187,6 +187,6 @@ def test_a_spent_time_budget_stops_the_loops_and_still_answers(model, tok):
     ids = tok(PROMPTS[0])["input_ids"]
     params = SamplingParams(max_tokens=6, temperature=0.0)
     cfg = SLRConfig(max_loops=50, time_budget_ms=0.0)
-    (out, zero), _ = run(model, tok, [slr(ids, params, cfg), slr(ids, params, SLRConfig(0))])
+    (out, zero), _ = run(model, tok, [slr(ids, params, cfg), slr(ids, params, SLRConfig(max_loops=0))])
     assert out.stopped_reason == "time_budget" and out.loops["loops"] == 0 == out.steps
     assert out.generation.token_ids == zero.generation.token_ids
