@@ -172,16 +172,16 @@ def latentseek(
         if deadline is not None and clock() >= deadline:
             return done("time_budget", chosen())
         # The updates of the next k steps: the first under the known R, the rest under the
-        # guessed one; `rewind[j]` is the state before update j, should the guess be wrong.
+        # guessed one. after[j] is (z, exp_avg, exp_avg_sq) after update j: step j's point
+        # in the trace, and where to rewind to should the guess for update j + 1 be wrong.
         k = min(depth, cfg.max_steps - step)
-        prefixes, rewind, states = [], [], []  # states[j]: z after update j
+        prefixes, after = [], []
         for j in range(k):
-            rewind.append((z.clone(), exp_avg.clone(), exp_avg_sq.clone()) if j else None)
             [tokens] = yield [
                 LatentUpdate(z, exp_avg, exp_avg_sq, guess if j else r, cfg.lr, step + j + 1)
             ]
             prefixes.append(tuple(tokens.tolist()))
-            states.append(z.clone())
+            after.append((z.clone(), exp_avg.clone(), exp_avg_sq.clone()) if k > 1 else (z,))
         todo = [p for p in dict.fromkeys(prefixes) if p not in decoded]
         fresh = {}
         if todo:
@@ -191,12 +191,12 @@ def latentseek(
             fresh = dict(zip(todo, (yield needs), strict=True))
         for j, prefix in enumerate(prefixes):
             if j and r != guess:  # the step before scored another value: rewind and go on
-                for state, saved in zip((z, exp_avg, exp_avg_sq), rewind[j], strict=True):
+                for state, saved in zip((z, exp_avg, exp_avg_sq), after[j - 1], strict=True):
                     state.copy_(saved)
                 out.discarded_tokens += sum(new_tokens(p, a) for p, a in fresh.items())
                 break
             step += 1
-            out.trace.add(states[j])
+            out.trace.add(after[j][0])
             answer = decoded.get(prefix)
             if answer is None:
                 answer = fresh.pop(prefix)

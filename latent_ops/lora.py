@@ -7,8 +7,8 @@ optional timestep MLP:
 
 `LoRABank.install(model)` wraps the target `nn.Linear` modules of the model in place
 (their weights are neither copied nor changed) so that one batched pass can run every row
-with its own adapter and loop, or with none: the caller sets `bank.slots` ([B] long, -1 =
-no adapter) before the pass and clears it after. All adapters of a bank share the target
+with its own adapter and loop, or with none: the caller runs the pass inside
+`with bank.rows(slots):` ([B] long, -1 = no adapter). All adapters of a bank share the target
 names and rank (several named adapters are stacked into one slot table). Used by the runner
 for thought passes and by `latent_ops/train_slr.py`, where the same code carries
 gradients. We wrote this instead of using peft: peft applies one adapter to a whole batch
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import types
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,15 @@ class LoRABank:
     def slot(self, name: str, loop: int) -> int:
         adapter = self.adapters[name]
         return self.offsets[name] + min(loop, adapter.cfg.loops) - 1
+
+    @contextmanager
+    def rows(self, slots: torch.Tensor | None):
+        """Apply `slots` ([B] long, -1 = none) to the passes run inside; None: no adapter."""
+        self.slots = slots
+        try:
+            yield
+        finally:
+            self.slots = None
 
     def install(self, model: nn.Module) -> None:
         """Wrap the model's target linear layers (once); a no-op pass-through while

@@ -56,6 +56,17 @@ from latent_ops.latentseek import Refined
 from latent_ops.program import Generate, SamplingParams
 from latent_ops.telemetry import Trace
 
+# SLRConfig fields a request sets by the same name (`latent.<field>`)
+REQUEST_FIELDS = (
+    "layout",
+    "max_loops",
+    "feedback",
+    "residual",
+    "beta",
+    "timestep_scale",
+    "eta",
+    "gamma",
+)
 FEEDBACKS = ("hidden", "soft", "hybrid")
 RESIDUALS = ("h0", "prev", "none")
 CRITERIA = ("latent_diff", "kl", "entropy", "argmax")
@@ -102,7 +113,7 @@ def loop_input(cfg, t, latent, logprobs, anchor, prev_input, embed, embed_norm, 
     """x_t, the input of loop t, for one row or a batch (differentiable; training uses it).
 
     latent: [..., d] final-norm state h_{t-1}; logprobs: [..., V] its next-token
-    log-probabilities; anchor: [..., d] last prompt token's embedding; prev_input: x_{t-1}
+    log-probabilities (read by `soft` and `hybrid` feedback only); anchor: [..., d] last prompt token's embedding; prev_input: x_{t-1}
     or None; embed: [V, d] token embeddings; adapter: a LoopAdapter (timestep MLP) or None.
     """
     parts = []
@@ -225,7 +236,7 @@ class ThoughtState:
             "loop_deltas": [round(x, 6) for x in self.deltas],
             "exit_criterion": self.cfg.exit_criterion,
             "exit_values": [round(x, 6) for x in self.criterion],
-            "trace": self.trace.summary(self.cfg.return_trace),
+            "trace": self.trace,  # the Trace itself; the program decides what is shown
         }
 
 
@@ -241,20 +252,7 @@ def slr(prompt_ids: list[int], params: SamplingParams, cfg: SLRConfig, clock=tim
     # `steps` counts loops, so the refinement_steps histogram covers SLR too
     out = Refined(generation, method, info["loops"], info["stopped_reason"], None, None, loops=info)
     if trace is not None:
-        out.trace, out.return_trace = _Recorded(trace), cfg.return_trace
+        out.trace, out.return_trace = trace, cfg.return_trace
     out.refinement_tokens = info["loops"]  # thought positions: usage.refinement_tokens
     out.refinement_time_ms = (clock() - start) * 1000
     return out
-
-
-class _Recorded:
-    """A trace already summarised by the runner (it crossed the engine as a dict)."""
-
-    def __init__(self, summary: dict):
-        self._summary = summary
-        self.norms = summary["norms"]
-        self.cosine_drift = summary["cosine_drift"]
-        self.distance = summary["distance"]
-
-    def summary(self, points: bool = True) -> dict:
-        return self._summary

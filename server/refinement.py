@@ -25,6 +25,7 @@ from latent_ops.rewards import (
     WebhookReward,
     url_allowed,
 )
+from latent_ops.slr import REQUEST_FIELDS as SLR_REQUEST_FIELDS
 from latent_ops.slr import SLRConfig, slr
 from server.errors import APIError
 
@@ -134,16 +135,7 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
             )
         adapter = adapters[spec.adapter]
         given = {"max_loops": adapter.cfg.loops, **adapter.cfg.slr, "adapter": spec.adapter}
-    for name in (
-        "layout",
-        "max_loops",
-        "feedback",
-        "residual",
-        "beta",
-        "timestep_scale",
-        "eta",
-        "gamma",
-    ):
+    for name in SLR_REQUEST_FIELDS:
         if getattr(spec, name) is not None:
             given[name] = getattr(spec, name)
     if spec.method == "contrastive":

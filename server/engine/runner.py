@@ -28,6 +28,7 @@ logits are `lm_head(final_norm(h))` (Llama, Qwen2, Mistral without sliding windo
 from __future__ import annotations
 
 import bisect
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -191,13 +192,8 @@ class ModelRunner:
                     if slots is None:
                         slots = torch.full((len(self.running),), -1, dtype=torch.long)
                     slots[row] = self.lora.slot(name, seq.thought_state.loops + 1)
-        if slots is not None:
-            self.lora.slots = slots.to(self.device)
-        try:
+        with self._lora_rows(slots):
             hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
-        finally:
-            if slots is not None:
-                self.lora.slots = None
         contrast = [r for r in thinking if self.running[r].thoughts.cfg.contrastive]
         if contrast:
             self._contrast(contrast, embeds, hidden)
@@ -226,12 +222,15 @@ class ModelRunner:
             hidden[row, -1] = (strong + state.g).to(hidden.dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        looped = [s for s in seqs if _recurrent(s)]
-        for seq in looped:
-            self._prefill_recurrent(seq)
-        seqs = [s for s in seqs if not _recurrent(s)]
-        if not seqs:
+        plain = []
+        for seq in seqs:  # recurrent SLR rows loop their whole prompt, one at a time
+            if _recurrent(seq):
+                self._prefill_recurrent(seq)
+            else:
+                plain.append(seq)
+        if not plain:
             return
+        seqs = plain
         reuse = [self._lookup(s) for s in seqs]  # (n cached tokens, their KV or None)
         cached_w = max(n for n, _ in reuse)
         news = [s.prompt_ids[n:] for s, (n, _) in zip(seqs, reuse)]
@@ -275,25 +274,24 @@ class ModelRunner:
         state = self._thought_state(seq)
         cfg, name = seq.thoughts.cfg, seq.thoughts.cfg.adapter
         inputs, prev = None, None
+        soft = cfg.feedback in ("soft", "hybrid")  # only these read every position's logits
         while True:
             cache = DynamicCache(config=self.config)
+            slots = None
             if inputs is not None and name is not None:
-                self.lora.slots = torch.tensor([self.lora.slot(name, state.loops + 1)])
-            try:
-                embeds = None if inputs is None else inputs[None].to(embed.dtype)
+                slots = torch.tensor([self.lora.slot(name, state.loops + 1)])
+            embeds = None if inputs is None else inputs[None].to(embed.dtype)
+            with self._lora_rows(slots):
                 states = self._forward(ids, mask, positions, cache, embeds)[0]  # [S, d]
-            finally:
-                if self.lora is not None:
-                    self.lora.slots = None
             self.prefill_tokens += n
-            logits = self.lm_head(states).float()  # [S, V]
+            logits = self.lm_head(states if soft else states[-1:]).float()  # [S or 1, V]
             if state.observe(states[-1].float(), logits[-1], time.monotonic()):
                 break
             inputs = loop_input(
                 cfg,
                 state.loops + 1,
                 states.float(),
-                torch.log_softmax(logits, dim=-1),
+                torch.log_softmax(logits, dim=-1) if soft else None,
                 h0,
                 prev,
                 embed,
@@ -304,6 +302,12 @@ class ModelRunner:
         next_pos = torch.tensor([n], device=self.device)
         tokens = self._sample_and_append(states[-1:], [seq])
         self._merge([seq], cache, mask, next_pos, tokens)
+
+    def _lora_rows(self, slots: torch.Tensor | None):
+        """The LoRA bank applying `slots` ([B]) to the passes inside; a no-op without."""
+        if slots is None:
+            return contextlib.nullcontext()
+        return self.lora.rows(slots.to(self.device))
 
     def _lookup(self, seq: Sequence) -> tuple[int, list | None]:
         entry = self.prefix_cache.get(seq.cache_key) if seq.cache_key is not None else None

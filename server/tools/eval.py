@@ -78,7 +78,9 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
     if cfg.method == "none":
         return None
     if cfg.method in ("slr", "contrastive"):
-        keys = ("max_loops", "feedback", "residual", "beta", "timestep_scale", "eta", "gamma")
+        from latent_ops.slr import REQUEST_FIELDS
+
+        keys = [k for k in REQUEST_FIELDS if k != "layout"]  # eval runs the default layout
         latent = {"method": cfg.method, **{k: getattr(cfg, k) for k in keys}}
         if cfg.slr_adapter:
             name, _, path = cfg.slr_adapter.rpartition("=")

@@ -172,16 +172,13 @@ def train(cfg: TrainConfig, progress=None) -> dict:
             )
             prev = x
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            bank.slots = torch.full((b,), bank.slot("train", t), dtype=torch.long)
-            try:
+            with bank.rows(torch.full((b,), bank.slot("train", t), dtype=torch.long)):
                 h = decoder(
                     inputs_embeds=x[:, None],
                     attention_mask=mask,
                     position_ids=next_pos[:, None],
                     past_key_values=cache,
                 ).last_hidden_state[:, -1]
-            finally:
-                bank.slots = None
             next_pos = next_pos + 1
             logits = lm_head(h)
         tw = max(len(t) for t in targets)

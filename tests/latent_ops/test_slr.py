@@ -24,6 +24,12 @@ def run(model, tok, programs):
         engine.shutdown()
 
 
+def plain(ids, params):
+    """Plain decoding as a program (the yardstick for max_loops 0 and for neighbours)."""
+    [generation] = yield [Generate(ids, params)]
+    return generation
+
+
 @torch.no_grad()
 def reference_slr(model, prompt_ids, cfg: SLRConfig, max_tokens: int):
     """The thoughts layout the plain way: no KV cache, the whole sequence of input
@@ -127,12 +133,8 @@ def test_recurrent_layout_equals_uncached_reference(model, tok, cfg):
 def test_zero_loops_is_exactly_plain_greedy(model, tok):
     ids = tok(PROMPTS[1])["input_ids"]
     params = SamplingParams(max_tokens=16, temperature=0.0)
-
-    def plain():
-        [generation] = yield [Generate(ids, params)]
-        return generation
-
-    (looped, greedy), _ = run(model, tok, [slr(ids, params, SLRConfig(max_loops=0)), plain()])
+    programs = [slr(ids, params, SLRConfig(max_loops=0)), plain(ids, params)]
+    (looped, greedy), _ = run(model, tok, programs)
     assert looped.generation.token_ids == greedy.token_ids
     assert looped.generation.text == greedy.text
     assert looped.loops["loops"] == 0 and looped.loops["loop_deltas"] == []
@@ -141,16 +143,15 @@ def test_zero_loops_is_exactly_plain_greedy(model, tok):
 def test_loops_beside_plain_requests_change_nothing_for_them(model, tok):
     ids = tok(PROMPTS[2])["input_ids"]
     params = SamplingParams(max_tokens=10, temperature=0.0)
-
-    def plain():
-        [generation] = yield [Generate(ids, params)]
-        return generation
-
-    (alone,), _ = run(model, tok, [plain()])
+    (alone,), _ = run(model, tok, [plain(ids, params)])
     (_, beside, _), _ = run(
         model,
         tok,
-        [slr(ids, params, SLRConfig(max_loops=3)), plain(), slr(ids, params, SLRConfig(max_loops=1))],
+        [
+            slr(ids, params, SLRConfig(max_loops=3)),
+            plain(ids, params),
+            slr(ids, params, SLRConfig(max_loops=1)),
+        ],
     )
     assert beside.token_ids == alone.token_ids
 
@@ -187,6 +188,8 @@ def test_a_spent_time_budget_stops_the_loops_and_still_answers(model, tok):
     ids = tok(PROMPTS[0])["input_ids"]
     params = SamplingParams(max_tokens=6, temperature=0.0)
     cfg = SLRConfig(max_loops=50, time_budget_ms=0.0)
-    (out, zero), _ = run(model, tok, [slr(ids, params, cfg), slr(ids, params, SLRConfig(max_loops=0))])
+    (out, zero), _ = run(
+        model, tok, [slr(ids, params, cfg), slr(ids, params, SLRConfig(max_loops=0))]
+    )
     assert out.stopped_reason == "time_budget" and out.loops["loops"] == 0 == out.steps
     assert out.generation.token_ids == zero.generation.token_ids

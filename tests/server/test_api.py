@@ -244,6 +244,17 @@ def test_api_key_guards_v1_only(tiny_loaded):
         assert ok.models.list().data
 
 
+def _complete(client, latent: dict | None, max_tokens: int = 8):
+    """A greedy completion of "What is 3 + 4?" through the SDK with this `latent` field."""
+    return client.completions.create(
+        model="tiny-model0",
+        prompt="What is 3 + 4?",
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"latent": latent} if latent is not None else None,
+    )
+
+
 LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer": "7"}}
 
 
@@ -297,12 +308,8 @@ def test_bad_latent_fields_name_the_field(server, latent, param):
 
 
 def test_latentseek_over_http_reports_what_happened(client):
-    resp = client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=10,
-        temperature=0,
-        extra_body={"latent": {**LS, "max_steps": 2, "fraction": 0.5, "select": "last"}},
+    resp = _complete(
+        client, {**LS, "max_steps": 2, "fraction": 0.5, "select": "last"}, max_tokens=10
     )
     latent = resp.model_extra["latent"]
     assert latent["method"] == "latentseek" and latent["steps"] <= 2
@@ -323,26 +330,11 @@ def test_latentseek_over_http_reports_what_happened(client):
 
 
 def test_slr_over_http_reports_its_loops(client):
-    plain = client.completions.create(
-        model="tiny-model0", prompt="What is 3 + 4?", max_tokens=8, temperature=0
-    )
-    zero = client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=8,
-        temperature=0,
-        extra_body={"latent": {"method": "slr", "max_loops": 0}},
-    )
+    plain = _complete(client, None)
+    zero = _complete(client, {"method": "slr", "max_loops": 0})
     assert zero.choices[0].text == plain.choices[0].text
-    resp = client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=8,
-        temperature=0,
-        extra_body={
-            "latent": {"method": "slr", "max_loops": 3, "exit": {"criterion": "kl", "threshold": 0}}
-        },
-    )
+    exit_kl = {"criterion": "kl", "threshold": 0}
+    resp = _complete(client, {"method": "slr", "max_loops": 3, "exit": exit_kl})
     latent = resp.model_extra["latent"]
     assert latent["method"] == "slr" and latent["loops"] == 3
     assert latent["stopped_reason"] == "max_loops" and len(latent["loop_deltas"]) == 3
@@ -382,15 +374,8 @@ def test_developer_role_is_rendered_as_system(client):
 
 def _refine(client, reward: dict):
     """A one-step LatentSeek completion through the SDK; returns the response."""
-    return client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=6,
-        temperature=0,
-        extra_body={
-            "latent": {"method": "latentseek", "max_steps": 1, "fraction": 0.5, "reward": reward}
-        },
-    )
+    latent = {"method": "latentseek", "max_steps": 1, "fraction": 0.5, "reward": reward}
+    return _complete(client, latent, max_tokens=6)
 
 
 def test_self_reward_over_http(client):
@@ -442,26 +427,14 @@ def test_return_trace_telemetry_metrics_and_plot(server, client, tmp_path):
         {**LS, "max_steps": 2, "fraction": 0.5, "return_trace": True},
         {"method": "slr", "max_loops": 3, "return_trace": True},
     ):
-        resp = client.completions.create(
-            model="tiny-model0",
-            prompt="What is 3 + 4?",
-            max_tokens=8,
-            temperature=0,
-            extra_body={"latent": latent},
-        )
+        resp = _complete(client, latent)
         info = resp.model_extra["latent"]
         trace = info["trace"]
         iterations = info["loops"] + 1 if latent["method"] == "slr" else info["steps"] + 1
         assert len(trace["points"]) == len(trace["norms"]) == iterations
         assert trace["distance"][0] == 0 and len(trace["cosine_drift"]) == iterations - 1
         lines.append(resp.model_dump_json())
-    untraced = client.completions.create(
-        model="tiny-model0",
-        prompt="What is 3 + 4?",
-        max_tokens=8,
-        temperature=0,
-        extra_body={"latent": {"method": "slr", "max_loops": 1}},
-    )
+    untraced = _complete(client, {"method": "slr", "max_loops": 1})
     assert untraced.model_extra["latent"].get("trace") is None
     assert norm_count() == before + 2  # one traced and one untraced SLR request
     assert (
