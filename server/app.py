@@ -58,6 +58,8 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         on_finish=lambda stats: _finished(metrics if config.enable_metrics else None, stats),
         on_latent_update=metrics.record_latent_update if config.enable_metrics else None,
         slr_adapters=dict(item.split("=", 1) for item in config.slr_adapter),
+        backend=config.backend,
+        vllm_kv_cache_gib=config.vllm_kv_cache_gib,
     )
     metrics.bind_engine(engine, _device_memory_fn(engine.runner.device, loaded.model))
     engine.start()
@@ -246,6 +248,16 @@ def serve(config: ServerConfig) -> int:
     from server.engine.loader import ModelLoadError, load_model
 
     logs.configure(config.log_level, config.log_format)
+    if config.backend == "vllm":
+        from server.engine.vllm_runner import vllm_available
+
+        if not vllm_available():
+            print(
+                "latentserve: error: --backend vllm needs the vllm extra: "
+                "`make install-vllm` (or pip install '.[vllm]', see README)",
+                file=sys.stderr,
+            )
+            return 1
     # Load before binding the port, so a bad --model is one line and exit status 1.
     try:
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)

@@ -32,6 +32,14 @@ class ServerConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weight dtype; auto = float32 on CPU, bfloat16 on CUDA"
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="who decodes: hf (the torch runner) or vllm (vLLM decodes, torch keeps "
+        "the latents; needs the vllm extra)",
+    )
+    vllm_kv_cache_gib: int = Field(
+        2, ge=1, description="vllm backend: GiB for vLLM's KV cache (CPU or GPU)"
+    )
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="sequences decoded together in one batch"
     )

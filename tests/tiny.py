@@ -38,7 +38,9 @@ def build_tokenizer():
     return tok
 
 
-def build_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64):
+def build_model(
+    vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,8 +49,8 @@ def build_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 6
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         max_position_embeddings=512,
         tie_word_embeddings=False,
         bos_token_id=1,
@@ -66,10 +68,12 @@ def build_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 6
     return model.eval()
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, **shape) -> Path:
+    """shape: build_model's layers/hidden/heads (vLLM's CPU attention wants head_dim 64:
+    hidden=128, heads=2)."""
     path = Path(path)
     tok = build_tokenizer()
-    model = build_model(len(tok), seed=seed)
+    model = build_model(len(tok), seed=seed, **shape)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -154,6 +154,9 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._calls.shutdown(wait=False, cancel_futures=True)
+        stop_runner = getattr(self.runner, "shutdown", None)  # the vllm backend's child process
+        if stop_runner is not None:
+            stop_runner()
 
     @property
     def alive(self) -> bool:
@@ -519,11 +522,15 @@ def build_engine(
     on_finish=None,
     on_latent_update=None,
     slr_adapters: dict[str, str] | None = None,
+    backend: str = "hf",
+    vllm_kv_cache_gib: int = 2,
 ) -> Engine:
     """A runner and an engine (not started) for a `LoadedModel`.
 
     The context length is the smaller of `max_model_len` and the model's own.
     slr_adapters: name -> directory of SLR loop adapters (`latentserve train-slr`).
+    backend: `hf` (the torch runner decodes) or `vllm` (vLLM decodes, torch keeps the
+    latents: server/engine/vllm_runner.py); vLLM loads `loaded.path` itself.
     """
     model, tok = loaded.model, loaded.tokenizer
     model_len = getattr(model.config, "max_position_embeddings", None) or 2048
@@ -544,6 +551,13 @@ def build_engine(
             bank.add(name, adapter)
         bank.install(model)
         runner.lora = bank
+    if backend == "vllm":
+        from server.engine.vllm_runner import VLLMRunner
+
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        runner = VLLMRunner(runner, str(loaded.path), dtype=dtype, kv_cache_gib=vllm_kv_cache_gib)
+    elif backend != "hf":
+        raise ValueError(f"unknown backend {backend!r}: hf or vllm")
     return Engine(
         runner,
         tok,

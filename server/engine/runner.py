@@ -67,6 +67,7 @@ class Sequence:
     thoughts: object = None
     thought_state: ThoughtState | None = None
     pending_input: torch.Tensor | None = None
+    vllm_id: str | None = None  # its request id in vLLM, when the vllm backend decodes it
 
     @property
     def loops(self) -> int:
@@ -155,6 +156,26 @@ class ModelRunner:
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    @torch.inference_mode()
+    def final_states(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """One left-padded pass over token rows, nothing cached or sampled.
+
+        Returns per row a [len(row), d] float32 CPU tensor: the state after the final norm
+        at each position (position j's state is what predicts token j + 1). The vLLM
+        backend recovers a generation's latents this way (server/engine/vllm_runner.py).
+        """
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.prefill_tokens += sum(len(r) for r in rows)
+        hidden = self._forward(ids, mask, positions, DynamicCache(config=self.config))
+        return [hidden[i, width - len(r) :].float().cpu() for i, r in enumerate(rows)]
 
     # ---- one engine step ---------------------------------------------------------
     @torch.inference_mode()

@@ -7,7 +7,9 @@ gradient), then k thought passes (`latent_ops.slr.loop_input` as at inference, l
 with its LoRA), then the remaining steps and "The answer is \\boxed{N}." are teacher
 forced after the thoughts with the base model (as the server decodes), and the loss is
 their cross-entropy. Gradients reach the adapters through the thoughts' keys and values.
-Stages run in order over `--steps` (stage k for the k-th equal share; the last stage,
+With `--keep-steps` no step is replaced: the k thoughts precede the whole solution, so
+the loops learn a question-conditioned prefix (prompt tuning through the loop) rather than
+COCONUT's stand-in for steps. Stages run in order over `--steps` (stage k for the k-th equal share; the last stage,
 k = `--loops`, is what the server runs). Data: the seeded synthetic generator (seeds from
 1000 on, so evaluation sets with small seeds stay unseen) and, with `--gsm8k`, GSM8K rows.
 
@@ -50,6 +52,11 @@ class TrainConfig(BaseModel):
     exclude: str | None = Field(
         "synthetic:200,steps=2-3",
         description="problem set (as eval's --data) whose questions are left out of training",
+    )
+    keep_steps: bool = Field(
+        False,
+        description="thoughts precede the whole solution (no step replaced): the loops learn "
+        "a question-conditioned prefix instead of standing in for steps",
     )
     max_target_tokens: int = Field(64, ge=8, description="cap on the distilled target")
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")
@@ -134,7 +141,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         ]
         prompts = [encode([{"role": "user", "content": p.question + INSTRUCTION}]) for p in rows]
         targets = [
-            tok(target_text(p.rationale, p.answer, k), add_special_tokens=False)["input_ids"][
+            tok(target_text(p.rationale, p.answer, 0 if cfg.keep_steps else k), add_special_tokens=False)["input_ids"][
                 : cfg.max_target_tokens
             ]
             for p in rows

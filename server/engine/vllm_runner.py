@@ -1,0 +1,243 @@
+"""The `vllm` backend's runner: decoding through vLLM, latents through torch.
+
+`VLLMRunner` has the interface the engine drives (`add`, `step`, `abort`, `finish`,
+`release`, `reset`, `running`, `waiting`, `has_work`, ...), so programs, streaming,
+stop strings, deadlines, cancellation, admission and metrics are the engine's, the same
+code on both backends. Underneath it holds two things:
+
+- a vLLM `LLMEngine` (its engine core runs in a child process) that decodes every
+  sequence without SLR thoughts: plain completions, LatentSeek's first answer and its
+  continuations (the optimised prefix is part of the prompt vLLM sees; its automatic
+  prefix caching reuses the question's KV), and verifier prompts. One `step()` takes
+  one batch of vLLM's outputs (its continuous batching schedules them).
+- the torch `ModelRunner` over the same weights, which vLLM does not replace for what
+  it cannot give: a sequence that asks for `capture_latents` gets its latents (the
+  states after the final norm that produced each token) from one torch prefill pass
+  over prompt and answer when vLLM finishes it; sequences with SLR thoughts (vector
+  inputs, loop LoRAs) run on the torch runner entirely; the LM head for latent updates
+  is torch's.
+
+So the weights are held twice (vLLM's copy and torch's): docs/VLLM.md measures it.
+Token ids in and out only: vLLM's tokenizer is not started (`skip_tokenizer_init`), stop
+strings stay with the engine, and EOS ids are passed to vLLM as stop token ids.
+Creating it starts vLLM's engine-core process (spawned): the program that does so must
+guard its entry point with `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from itertools import count
+
+from latent_ops.program import TokenLogprob
+from server.engine.runner import ModelRunner, Sequence
+
+log = logging.getLogger("latentserve.vllm")
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def vllm_available() -> bool:
+    """Whether the optional extra is installed (`pip install '.[vllm]'`)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMRunner:
+    def __init__(
+        self,
+        torch_runner: ModelRunner,
+        model_dir: str,
+        *,
+        dtype: str = "float32",
+        kv_cache_gib: int = 2,
+        seed: int = 0,
+    ):
+        self.torch = torch_runner
+        self.max_model_len = torch_runner.max_model_len
+        self.eos_token_ids = torch_runner.eos_token_ids
+        self.llm = _start_engine(
+            model_dir,
+            dtype=dtype,
+            device=torch_runner.device,
+            max_num_seqs=torch_runner.max_batch_size,
+            max_model_len=self.max_model_len,
+            kv_cache_gib=kv_cache_gib,
+            seed=seed,
+        )
+        self._seqs: dict[str, Sequence] = {}  # our request id -> sequence vLLM decodes
+        self._ids = count()
+        self.vllm_steps = 0
+
+    # ---- what the engine reads -----------------------------------------------------
+    @property
+    def lm_head(self):
+        return self.torch.lm_head
+
+    @property
+    def device(self):
+        return self.torch.device
+
+    @property
+    def lora(self):
+        return self.torch.lora
+
+    @lora.setter
+    def lora(self, bank) -> None:
+        self.torch.lora = bank
+
+    @property
+    def forward_passes(self) -> int:
+        return self.torch.forward_passes + self.vllm_steps
+
+    @property
+    def running(self) -> list[Sequence]:
+        return [*self._seqs.values(), *self.torch.running]
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        return self.torch.waiting  # vLLM queues its own; to the engine they all run
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._seqs) or self.torch.has_work
+
+    # ---- queue -----------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        if seq.thoughts is not None:
+            self.torch.add(seq)
+            return
+        from vllm.inputs import TokensPrompt
+
+        key = f"s{next(self._ids)}"
+        seq.vllm_id = key
+        self._seqs[key] = seq
+        prompt = TokensPrompt(prompt_token_ids=list(seq.prompt_ids))
+        self.llm.add_request(key, prompt, self._params(seq))
+
+    def abort(self, seq: Sequence) -> None:
+        if seq.vllm_id is None:
+            self.torch.abort(seq)
+        elif seq.finish_reason is None:
+            seq.finish_reason = "abort"  # leaves vLLM at the start of the next step
+
+    def finish(self, seq: Sequence, reason: str = "stop") -> None:
+        if seq.finish_reason is None:
+            seq.finish_reason = reason
+
+    def release(self, cache_key) -> None:
+        self.torch.release(cache_key)  # vLLM's prefix cache evicts by itself
+
+    def reset(self) -> None:
+        """After a failed step: every vLLM sequence and the torch batch are dropped."""
+        for seq in self._seqs.values():
+            if seq.finish_reason is None:
+                seq.finish_reason = "abort"
+        self._drop_finished()
+        self.torch.reset()
+
+    # ---- one engine step ---------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """One batch of vLLM outputs, then one torch step when it has work.
+
+        Returns the sequences that received tokens (some may now be finished).
+        """
+        self._drop_finished()
+        stepped: list[Sequence] = []
+        if self._seqs and self.llm.has_unfinished_requests():
+            self.vllm_steps += 1
+            for out in self.llm.step():
+                seq = self._seqs.get(out.request_id)
+                if seq is None or seq.finished:
+                    continue
+                self._update(seq, out)
+                stepped.append(seq)
+        if self.torch.has_work:
+            stepped.extend(self.torch.step())
+        self._recover_latents([s for s in stepped if s.finished and s.params.capture_latents])
+        return stepped
+
+    def _update(self, seq: Sequence, out) -> None:
+        completion = out.outputs[0]
+        had = len(seq.output_ids)
+        seq.output_ids = list(completion.token_ids)
+        if seq.params.logprobs is not None and completion.logprobs:
+            k = seq.params.logprobs
+            for token, entry in zip(
+                seq.output_ids[had:], completion.logprobs[had:], strict=True
+            ):
+                top = sorted(
+                    ((tid, lp.logprob) for tid, lp in entry.items() if lp.rank <= k),
+                    key=lambda item: -item[1],
+                )[:k]
+                seq.logprobs.append(TokenLogprob(token, float(entry[token].logprob), top))
+        if out.finished:
+            self._seqs.pop(seq.vllm_id, None)
+            seq.finish_reason = _FINISH.get(completion.finish_reason, "stop")
+
+    def _recover_latents(self, seqs: list[Sequence]) -> None:
+        """latents for finished `capture_latents` sequences, one torch pass for all."""
+        seqs = [s for s in seqs if s.vllm_id and s.output_ids and not s.latents]
+        if not seqs:
+            return
+        rows = [list(s.prompt_ids) + s.output_ids[:-1] for s in seqs]
+        for seq, states in zip(seqs, self.torch.final_states(rows), strict=True):
+            seq.latents = list(states[len(seq.prompt_ids) - 1 :])
+
+    def _drop_finished(self) -> None:
+        """Sequences ended from above (stop string, deadline, abort) leave vLLM."""
+        done = [key for key, seq in self._seqs.items() if seq.finished]
+        if done:
+            self.llm.abort_request(done)
+            for key in done:
+                self._seqs.pop(key)
+
+    def _params(self, seq: Sequence):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        p = seq.params
+        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
+        return SamplingParams(
+            max_tokens=p.max_tokens,
+            temperature=0.0 if p.greedy else p.temperature,
+            top_p=p.top_p,
+            seed=p.seed,
+            stop_token_ids=sorted(stops),
+            ignore_eos=True,  # EOS ids are in stop_token_ids unless the request ignores EOS
+            logprobs=p.logprobs,
+            detokenize=False,
+            output_kind=RequestOutputKind.CUMULATIVE,
+        )
+
+    def shutdown(self) -> None:
+        shutdown = getattr(self.llm, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_cache_gib, seed):
+    from vllm import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    kwargs = {}
+    if device.type == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    else:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_gib << 30
+    args = EngineArgs(
+        model=str(model_dir),
+        dtype=dtype,
+        enforce_eager=True,  # no graph capture / torch.compile: start in seconds on CPU
+        enable_prefix_caching=True,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        skip_tokenizer_init=True,
+        disable_log_stats=True,
+        seed=seed,
+        **kwargs,
+    )
+    log.info("starting vLLM on %s (%s)", model_dir, device)
+    return LLMEngine.from_engine_args(args)
