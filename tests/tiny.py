@@ -38,9 +38,7 @@ def build_tokenizer():
     return tok
 
 
-def build_model(
-    vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4
-):
+def build_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -165,9 +165,7 @@ class VLLMRunner:
         seq.output_ids = list(completion.token_ids)
         if seq.params.logprobs is not None and completion.logprobs:
             k = seq.params.logprobs
-            for token, entry in zip(
-                seq.output_ids[had:], completion.logprobs[had:], strict=True
-            ):
+            for token, entry in zip(seq.output_ids[had:], completion.logprobs[had:], strict=True):
                 top = sorted(
                     ((tid, lp.logprob) for tid, lp in entry.items() if lp.rank <= k),
                     key=lambda item: -item[1],

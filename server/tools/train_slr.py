@@ -141,9 +141,10 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         ]
         prompts = [encode([{"role": "user", "content": p.question + INSTRUCTION}]) for p in rows]
         targets = [
-            tok(target_text(p.rationale, p.answer, 0 if cfg.keep_steps else k), add_special_tokens=False)["input_ids"][
-                : cfg.max_target_tokens
-            ]
+            tok(
+                target_text(p.rationale, p.answer, 0 if cfg.keep_steps else k),
+                add_special_tokens=False,
+            )["input_ids"][: cfg.max_target_tokens]
             for p in rows
         ]
         return prompts, targets
