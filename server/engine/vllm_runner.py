@@ -211,9 +211,8 @@ class VLLMRunner:
         )
 
     def shutdown(self) -> None:
-        shutdown = getattr(self.llm, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        """Stop vLLM's engine-core process (LLMEngine has no public stop of its own)."""
+        self.llm.engine_core.shutdown(timeout=10)
 
 
 def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_cache_gib, seed):
