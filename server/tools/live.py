@@ -1,5 +1,6 @@
 """Real servers for tests and benchmarks: an app under uvicorn in a background thread
-(`LiveServer`), or `latentserve serve` as a child process (`ServerProcess`)."""
+(`LiveServer`), or `latentserve serve` (or another OpenAI server, such as `vllm serve`)
+as a child process (`ServerProcess`)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,22 @@ def free_port() -> int:
 class ServerProcess:
     """`latentserve serve ARGS --port P` as a child process, ready (/health 200) on enter.
 
-    `proc` is the Popen, `url` its root. On exit a still-running server is killed.
+    `command` replaces `latentserve serve` (e.g. `vllm serve MODEL`); ARGS and `--port P`
+    follow it. `proc` is the Popen, `url` its root. On exit a still-running server gets
+    SIGTERM (so it can stop its own children, as vLLM's engine process), then SIGKILL.
     """
 
-    def __init__(self, args: list[str], stdout=subprocess.DEVNULL, start_timeout: float = 300):
+    def __init__(
+        self,
+        args: list[str],
+        stdout=subprocess.DEVNULL,
+        start_timeout: float = 300,
+        command: list[str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "server.cli", "serve", *args, "--port", str(self.port)]
+        command = command or [sys.executable, "-m", "server.cli", "serve"]
+        self.args = [*command, *args, "--port", str(self.port)]
         self.stdout = stdout
         self.start_timeout = start_timeout
 
@@ -75,5 +85,9 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
