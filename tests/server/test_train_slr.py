@@ -14,6 +14,25 @@ def test_target_drops_the_replaced_steps():
     assert target_text(("1 + 2 = 3",), "3", 4) == "The answer is \\boxed{3}."
 
 
+def test_keep_steps_keeps_the_whole_solution_and_fits(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(
+        out=str(tmp_path / "ad"),
+        model=str(tiny_model_dir),
+        loops=2,
+        rank=2,
+        steps=16,
+        batch_size=2,
+        lr=1e-2,
+        synthetic=2,
+        keep_steps=True,
+        max_target_tokens=24,
+    )
+    assert [cfg.replaced_steps(k) for k in (1, 2)] == [0, 0]
+    assert TrainConfig().replaced_steps(2) == 2
+    history = train(cfg)["history"]
+    assert sum(h["loss"] for h in history[-4:]) < sum(h["loss"] for h in history[:4])
+
+
 def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "ad"
     cfg = TrainConfig(
