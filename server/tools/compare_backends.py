@@ -38,6 +38,14 @@ def pss_bytes(pids) -> int:
     return total
 
 
+def _name(pid: int) -> str:
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        comm = "?"
+    return f"{pid} {comm}"
+
+
 def _process_tree(pid: int) -> list[int]:
     """pid and all its descendants (from /proc/*/stat)."""
     parents: dict[int, list[int]] = {}
@@ -96,7 +104,11 @@ def compare(
         engine.start()
         try:
             tree = _process_tree(os.getpid())
-            memory[backend] = {"pss_started": pss_bytes(tree), "processes": len(tree)}
+            memory[backend] = {
+                "pss_started": pss_bytes(tree),
+                "processes": len(tree),
+                "by_process": {_name(pid): pss_bytes([pid]) for pid in tree},
+            }
             results[backend] = run_programs(engine, programs(), timeout=3600)
             memory[backend]["pss_after_run"] = pss_bytes(_process_tree(os.getpid()))
         finally:
@@ -176,6 +188,8 @@ def main(argv=None) -> dict:
             f"memory {backend}: {m['pss_started'] / gib:.2f} GiB PSS started, "
             f"{m['pss_after_run'] / gib:.2f} GiB after the run, {m['processes']} processes"
         )
+        for name, size in m["by_process"].items():
+            print(f"  {name}: {size / gib:.2f} GiB at start")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary

@@ -67,7 +67,6 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(0, description="data order and init")
 
-
     def replaced_steps(self, stage: int) -> int:
         """Reasoning steps the thoughts stand in for at curriculum stage `stage`."""
         return 0 if self.keep_steps else stage
