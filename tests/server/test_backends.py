@@ -184,11 +184,9 @@ def test_latentseek_and_slr(client):
     assert slr.model_extra["latent"]["loops"] == 2  # thoughts run on the torch runner
 
 
-@pytest.mark.vllm
+@pytest.mark.parametrize("live", [pytest.param("vllm", marks=pytest.mark.vllm)], indirect=True)
 def test_vllm_equals_the_torch_runner(live, vllm_sized_loaded):
     """Token ids, latents (recovered by a torch pass) and LatentSeek runs, vLLM vs torch."""
-    if live.backend != "vllm":
-        pytest.skip("compares the vllm backend with a torch engine")
     from latent_ops.latentseek import LatentSeekConfig, latentseek
     from latent_ops.program import Generate, SamplingParams
     from latent_ops.rewards import ReferenceReward
