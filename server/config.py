@@ -38,7 +38,10 @@ class ServerConfig(BaseModel):
         "the latents; needs the vllm extra)",
     )
     vllm_kv_cache_gib: int = Field(
-        2, ge=1, description="vllm backend: GiB for vLLM's KV cache (CPU or GPU)"
+        2,
+        ge=1,
+        description="vllm backend: GiB for vLLM's KV cache (CPU or GPU; on CPU an "
+        "exported VLLM_CPU_KVCACHE_SPACE wins)",
     )
     max_batch_size: int = Field(
         16, ge=1, le=4096, description="sequences decoded together in one batch"

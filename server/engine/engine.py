@@ -249,6 +249,7 @@ class Engine:
             self._fail_batch(exc)
             return
         now = time.monotonic()
+        done: list[tuple[_Request, Sequence]] = []
         for seq in stepped:
             req = self._owner.get(seq.seq_id)
             if req is None:
@@ -258,13 +259,25 @@ class Engine:
                 req.stats.scheduled = now
                 with self._lock:
                     self._waiting -= 1
+            if seq.error is not None:  # the runner failed this sequence alone
+                self._fail(req, RuntimeError(seq.error))
+                continue
             if req.stats.first_token is None and seq.output_ids:  # a thought is no token
                 req.stats.first_token = now
-            self._detokenize(req, seq)
+            self._detokenize(req, seq)  # may end it (a stop string)
             if seq.finished:
-                self._owner.pop(seq.seq_id, None)
-                _, slot = req.seqs.pop(seq.seq_id)
-                self._resolve(req, slot, self._result(seq, req.detok.pop(seq.seq_id)))
+                done.append((req, seq))
+        # what the runner adds to a finished sequence (the vllm backend's latents)
+        self.runner.complete([seq for _, seq in done])
+        for req, seq in done:
+            if req.request_id not in self._requests:
+                continue  # failed meanwhile
+            if seq.error is not None:
+                self._fail(req, RuntimeError(seq.error))
+                continue
+            self._owner.pop(seq.seq_id, None)
+            _, slot = req.seqs.pop(seq.seq_id)
+            self._resolve(req, slot, self._result(seq, req.detok.pop(seq.seq_id)))
 
     def _pump(self) -> None:
         """Run batched latent updates and advance programs until all wait on the runner."""

@@ -68,6 +68,7 @@ class Sequence:
     thought_state: ThoughtState | None = None
     pending_input: torch.Tensor | None = None
     vllm_id: str | None = None  # its request id in vLLM, when the vllm backend decodes it
+    error: str | None = None  # set by a runner that failed this sequence alone (vllm backend)
 
     @property
     def loops(self) -> int:
@@ -141,6 +142,10 @@ class ModelRunner:
         """End a sequence from above (e.g. a stop string matched)."""
         if seq.finish_reason is None:
             seq.finish_reason = reason
+
+    def complete(self, seqs: list[Sequence]) -> None:
+        """Called by the engine with the sequences that just finished, however they ended
+        (here, a stop string or a deadline too): this runner has nothing to add."""
 
     def release(self, cache_key) -> None:
         """Forget the prefix-cache entry kept under `cache_key` (if any)."""

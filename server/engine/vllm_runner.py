@@ -13,9 +13,14 @@ code on both backends. Underneath it holds two things:
 - the torch `ModelRunner` over the same weights, which vLLM does not replace for what
   it cannot give: a sequence that asks for `capture_latents` gets its latents (the
   states after the final norm that produced each token) from one torch prefill pass
-  over prompt and answer when vLLM finishes it; sequences with SLR thoughts (vector
-  inputs, loop LoRAs) run on the torch runner entirely; the LM head for latent updates
-  is torch's.
+  over prompt and answer once it has finished, however it ended (`complete`, which the
+  engine calls, since a stop string or a deadline ends a sequence outside `step`);
+  sequences with SLR thoughts (vector inputs, loop LoRAs) run on the torch runner
+  entirely; the LM head for latent updates is torch's.
+
+A failure on one side (a vLLM step, a torch pass, a latent recovery, or vLLM finishing a
+request with "error") fails that side's sequences only, through `Sequence.error`, which
+the engine turns into their requests' errors.
 
 So the weights are held twice (vLLM's copy and torch's): docs/VLLM.md measures it.
 Token ids in and out only: vLLM's tokenizer is not started (`skip_tokenizer_init`), stop
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from itertools import count
 
 from latent_ops.program import TokenLogprob
@@ -112,10 +118,10 @@ class VLLMRunner:
         from vllm.inputs import TokensPrompt
 
         key = f"s{next(self._ids)}"
+        prompt = TokensPrompt(prompt_token_ids=list(seq.prompt_ids))
+        self.llm.add_request(key, prompt, self._params(seq))  # raises on a prompt it refuses
         seq.vllm_id = key
         self._seqs[key] = seq
-        prompt = TokensPrompt(prompt_token_ids=list(seq.prompt_ids))
-        self.llm.add_request(key, prompt, self._params(seq))
 
     def abort(self, seq: Sequence) -> None:
         if seq.vllm_id is None:
@@ -142,22 +148,66 @@ class VLLMRunner:
     def step(self) -> list[Sequence]:
         """One batch of vLLM outputs, then one torch step when it has work.
 
-        Returns the sequences that received tokens (some may now be finished).
+        Returns the sequences that received tokens (some may now be finished). A failure
+        on one side fails that side's sequences only (`Sequence.error`), never the other's.
         """
         self._drop_finished()
         stepped: list[Sequence] = []
         if self._seqs and self.llm.has_unfinished_requests():
-            self.vllm_steps += 1
-            for out in self.llm.step():
-                seq = self._seqs.get(out.request_id)
-                if seq is None or seq.finished:
-                    continue
-                self._update(seq, out)
-                stepped.append(seq)
+            try:
+                stepped.extend(self._vllm_step())
+            except Exception as exc:  # noqa: BLE001 - its sequences fail, torch's go on
+                log.exception("vLLM step failed")
+                victims = list(self._seqs.values())
+                for seq in victims:
+                    seq.error = f"vLLM step failed: {exc!r}"
+                    seq.finish_reason = seq.finish_reason or "abort"
+                self._drop_finished()
+                stepped.extend(victims)
         if self.torch.has_work:
-            stepped.extend(self.torch.step())
-        self._recover_latents([s for s in stepped if s.finished and s.params.capture_latents])
+            queued = list(self.torch.waiting)
+            try:
+                stepped.extend(self.torch.step())
+            except Exception as exc:  # noqa: BLE001 - the rows of the failed pass fail
+                log.exception("torch step failed")
+                victims = [s for s in [*self.torch.running, *queued] if s not in self.torch.waiting]
+                self.torch.reset()
+                for seq in victims:
+                    seq.error = f"torch step failed: {exc!r}"
+                stepped.extend(victims)
         return stepped
+
+    def _vllm_step(self) -> list[Sequence]:
+        self.vllm_steps += 1
+        stepped = []
+        for out in self.llm.step():
+            seq = self._seqs.get(out.request_id)
+            if seq is None or seq.finished:
+                continue
+            self._update(seq, out)
+            stepped.append(seq)
+        return stepped
+
+    def complete(self, seqs: list[Sequence]) -> None:
+        """Latents for finished `capture_latents` sequences that vLLM decoded, however they
+        ended (vLLM, a stop string, a deadline), in one torch pass for all of them."""
+        seqs = [
+            s
+            for s in seqs
+            if s.vllm_id and s.params.capture_latents and s.output_ids and not s.latents
+        ]
+        if not seqs:
+            return
+        rows = [list(s.prompt_ids) + s.output_ids[:-1] for s in seqs]
+        try:
+            states = self.torch.final_states(rows)
+        except Exception as exc:  # noqa: BLE001 - these sequences fail, nothing else
+            log.exception("recovering latents failed")
+            for seq in seqs:
+                seq.error = f"recovering latents failed: {exc!r}"
+            return
+        for seq, rows_states in zip(seqs, states, strict=True):
+            seq.latents = list(rows_states[len(seq.prompt_ids) - 1 :])
 
     def _update(self, seq: Sequence, out) -> None:
         completion = out.outputs[0]
@@ -173,16 +223,10 @@ class VLLMRunner:
                 seq.logprobs.append(TokenLogprob(token, float(entry[token].logprob), top))
         if out.finished:
             self._seqs.pop(seq.vllm_id, None)
-            seq.finish_reason = _FINISH.get(completion.finish_reason, "stop")
-
-    def _recover_latents(self, seqs: list[Sequence]) -> None:
-        """latents for finished `capture_latents` sequences, one torch pass for all."""
-        seqs = [s for s in seqs if s.vllm_id and s.output_ids and not s.latents]
-        if not seqs:
-            return
-        rows = [list(s.prompt_ids) + s.output_ids[:-1] for s in seqs]
-        for seq, states in zip(seqs, self.torch.final_states(rows), strict=True):
-            seq.latents = list(states[len(seq.prompt_ids) - 1 :])
+            reason = str(completion.finish_reason)
+            if reason not in _FINISH:  # "error" (vLLM failed the request) or unknown
+                seq.error = f"vLLM ended the sequence with {reason!r}"
+            seq.finish_reason = _FINISH.get(reason, "abort")
 
     def _drop_finished(self) -> None:
         """Sequences ended from above (stop string, deadline, abort) leave vLLM."""
@@ -198,11 +242,14 @@ class VLLMRunner:
 
         p = seq.params
         stops = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
+        seed = p.seed
+        if seed is None and not p.greedy:  # as the torch runner: a fresh draw, not the
+            seed = random.getrandbits(62)  # engine-wide generator replayed after a restart
         return SamplingParams(
             max_tokens=p.max_tokens,
             temperature=0.0 if p.greedy else p.temperature,
             top_p=p.top_p,
-            seed=p.seed,
+            seed=seed,
             stop_token_ids=sorted(stops),
             ignore_eos=True,  # EOS ids are in stop_token_ids unless the request ignores EOS
             logprobs=p.logprobs,

@@ -180,6 +180,13 @@ def test_latentseek_and_slr(client):
     latent = resp.model_extra["latent"]
     assert latent["method"] == "latentseek" and latent["steps"] == 3
     assert latent["reward_history"] == [-1.0] * 4 and latent["stopped_reason"] == "max_steps"
+    # a stop string ends the first answer (the engine ends it, not the decoder): its
+    # latents must still be there for the updates
+    text = _complete(client, max_tokens=12).choices[0].text
+    stop = text[6:8]
+    cut = _complete(client, latent={**LS, "max_steps": 2, "fraction": 0.5}, stop=[stop])
+    assert cut.model_extra["latent"]["steps"] == 2
+    assert stop not in cut.choices[0].text
     slr = _complete(client, latent={"method": "slr", "max_loops": 2})
     assert slr.model_extra["latent"]["loops"] == 2  # thoughts run on the torch runner
 
@@ -220,3 +227,49 @@ def test_vllm_equals_the_torch_runner(live, vllm_sized_loaded):
     for a, b in zip(got[3:], want[3:], strict=True):
         assert a.reward_history == b.reward_history and a.steps == b.steps == 3
         assert a.candidates == b.candidates
+
+
+@pytest.mark.parametrize("live", [pytest.param("vllm", marks=pytest.mark.vllm)], indirect=True)
+def test_a_torch_failure_leaves_vllm_requests_alone(live):
+    """On the vllm backend a failed torch pass (an SLR request's) fails that request only;
+    a plain request decoding in vLLM at that moment finishes normally."""
+    from latent_ops.program import Generate, SamplingParams
+    from latent_ops.slr import SLRConfig, Thoughts
+    from server.engine.engine import run_programs
+
+    engine = live.engine
+    runner = engine.runner
+    real, seen = runner.torch._forward, {}
+
+    def broken(*args, **kwargs):
+        seen["vllm_in_flight"] = len(runner._seqs)
+        raise RuntimeError("simulated device fault")
+
+    def plain():
+        params = SamplingParams(max_tokens=200, ignore_eos=True)
+        [out] = yield [Generate([1, 5, 6, 7], params)]
+        return out
+
+    def slr():
+        thoughts = Thoughts(SLRConfig(max_loops=2))
+        [out] = yield [Generate([1, 9, 10], SamplingParams(max_tokens=4), thoughts=thoughts)]
+        return out
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=run_programs(engine, [plain()])))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not any(s.output_ids for s in list(runner._seqs.values())):
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.005)
+    runner.torch._forward = broken
+    try:
+        [failed] = run_programs(engine, [slr()], timeout=60)
+    finally:
+        runner.torch._forward = real
+    worker.join(timeout=60)
+    assert seen["vllm_in_flight"] == 1  # the plain request was decoding when torch failed
+    assert isinstance(failed, RuntimeError) and "simulated device fault" in str(failed)
+    [out] = result["out"]
+    assert len(out.token_ids) == 200 and out.finish_reason == "length"
+    assert engine.alive
