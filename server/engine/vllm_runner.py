@@ -119,7 +119,11 @@ class VLLMRunner:
 
         key = f"s{next(self._ids)}"
         prompt = TokensPrompt(prompt_token_ids=list(seq.prompt_ids))
-        self.llm.add_request(key, prompt, self._params(seq))  # raises on a prompt it refuses
+        # vLLM's priority queue (lower first, then arrival) ordered by the request's
+        # arrival, as the torch runner admits: a LatentSeek continuation or verifier prompt
+        # goes ahead of newer requests
+        priority = int(seq.priority * 1000)
+        self.llm.add_request(key, prompt, self._params(seq), priority=priority)  # may refuse
         seq.vllm_id = key
         self._seqs[key] = seq
 
@@ -276,6 +280,7 @@ def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_c
         dtype=dtype,
         enforce_eager=True,  # no graph capture / torch.compile: start in seconds on CPU
         enable_prefix_caching=True,
+        scheduling_policy="priority",  # by request arrival (VLLMRunner.add)
         max_num_seqs=max_num_seqs,
         max_model_len=max_model_len,
         skip_tokenizer_init=True,

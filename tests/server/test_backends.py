@@ -273,3 +273,47 @@ def test_a_torch_failure_leaves_vllm_requests_alone(live):
     [out] = result["out"]
     assert len(out.token_ids) == 200 and out.finish_reason == "length"
     assert engine.alive
+
+
+def test_an_older_request_is_admitted_before_newer_ones(live):
+    """A request's later sequence (LatentSeek's continuation, a verifier prompt) goes ahead
+    of requests that arrived after it, on both backends: four long sequences fill the
+    batch, a new request queues, then an older one's sequence arrives; when the first slot
+    frees, the older one gets it."""
+    from latent_ops.program import Call, Generate, SamplingParams
+    from server.engine.engine import Done, Failed, RequestStats
+
+    engine = live.engine
+    gate, finished, stats = threading.Event(), threading.Semaphore(0), {}
+
+    def older():
+        yield [Call(lambda: gate.wait(30))]  # it arrived first, but asks to decode last
+        [out] = yield [Generate([1, 5, 6], SamplingParams(max_tokens=4))]
+        return out
+
+    def decode(prompt, n):
+        [out] = yield [Generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True))]
+        return out
+
+    def submit(name, program):
+        stats[name] = RequestStats(request_id=name)
+        sink = lambda event: isinstance(event, (Done, Failed)) and finished.release()  # noqa: E731
+        engine.submit(f"{name}-{time.monotonic()}", program, sink, stats[name])
+
+    submit("older", older())
+    for i, n in enumerate([150, 240, 240, 240]):  # the batch holds 4: the first frees at 150
+        submit(f"fill{i}", decode([1, 7 + i], n))
+    deadline = time.monotonic() + 30
+    while any(stats[f"fill{i}"].first_token is None for i in range(4)):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    submit("newer", decode([1, 20], 4))
+    runner = engine.runner
+    while len(runner.running) + len(runner.waiting) < 5:  # the newer one is queued
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    gate.set()
+    for _ in range(6):
+        assert finished.acquire(timeout=60)
+    assert stats["older"].first_token < stats["newer"].first_token
+    assert stats["newer"].first_token > stats["fill0"].finished - 1e-3  # it waited for a slot
