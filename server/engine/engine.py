@@ -160,7 +160,9 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        """The loop runs and its runner can still decode (/health answers 503 otherwise)."""
+        thread_ok = self._thread is not None and self._thread.is_alive() and self.error is None
+        return thread_ok and getattr(self.runner, "healthy", True)
 
     @property
     def num_waiting(self) -> int:

@@ -76,6 +76,7 @@ class VLLMRunner:
         self._seqs: dict[str, Sequence] = {}  # our request id -> sequence vLLM decodes
         self._ids = count()
         self.vllm_steps = 0
+        self.healthy = True  # False once vLLM's engine core has died: /health turns 503
 
     # ---- what the engine reads -----------------------------------------------------
     @property
@@ -162,6 +163,8 @@ class VLLMRunner:
                 stepped.extend(self._vllm_step())
             except Exception as exc:  # noqa: BLE001 - its sequences fail, torch's go on
                 log.exception("vLLM step failed")
+                if type(exc).__name__ == "EngineDeadError":  # its process is gone for good
+                    self.healthy = False
                 victims = list(self._seqs.values())
                 for seq in victims:
                     seq.error = f"vLLM step failed: {exc!r}"

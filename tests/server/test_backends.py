@@ -317,3 +317,25 @@ def test_an_older_request_is_admitted_before_newer_ones(live):
         assert finished.acquire(timeout=60)
     assert stats["older"].first_token < stats["newer"].first_token
     assert stats["newer"].first_token > stats["fill0"].finished - 1e-3  # it waited for a slot
+
+
+@pytest.mark.parametrize("live", [pytest.param("vllm", marks=pytest.mark.vllm)], indirect=True)
+def test_a_dead_vllm_engine_fails_requests_and_health(live):
+    """If vLLM's engine core dies, its requests get a 500 (not a hang) and /health 503."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    runner = live.engine.runner
+    real = runner.llm.step
+
+    def dead():
+        raise EngineDeadError()
+
+    runner.llm.step = dead
+    try:
+        resp = httpx.post(live.url + "/v1/completions", json={"prompt": "x", "max_tokens": 4})
+        assert resp.status_code == 500 and resp.json()["error"]["code"] == 500
+        assert httpx.get(live.url + "/health").status_code == 503
+    finally:
+        runner.llm.step = real
+        runner.healthy = True  # the module's server goes on for the tests after this one
+    assert httpx.get(live.url + "/health").status_code == 200
