@@ -10,7 +10,7 @@ optional timestep MLP:
 with its own adapter and loop, or with none: the caller runs the pass inside
 `with bank.rows(slots):` ([B] long, -1 = no adapter). All adapters of a bank share the target
 names and rank (several named adapters are stacked into one slot table). Used by the runner
-for thought passes and by `latent_ops/train_slr.py`, where the same code carries
+for thought passes and by `server/tools/train_slr.py`, where the same code carries
 gradients. We wrote this instead of using peft: peft applies one adapter to a whole batch
 (or, with mixed-adapter batches, per request id) and would need a copy of the module tree
 per loop index; here a row's slot picks its pair with one gather.
@@ -93,6 +93,11 @@ class LoopAdapter(nn.Module):
             return sinusoid
         return sinusoid + self.timestep(sinusoid)
 
+    def slr_defaults(self, name: str) -> dict:
+        """The SLR settings a request naming this adapter (as `name`) starts from: its
+        trained loop count and loop settings (SLRConfig keywords)."""
+        return {"max_loops": self.cfg.loops, **self.cfg.slr, "adapter": name}
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
@@ -143,7 +148,7 @@ class LoRABank:
     def __init__(self):
         self.adapters: dict[str, LoopAdapter] = {}
         self.offsets: dict[str, int] = {}
-        self.slots: torch.Tensor | None = None  # [B] long, set around one forward pass
+        self.slots = None  # [B] long, set around one forward pass (see the setter)
         self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._scale = 1.0
         self._installed = False
@@ -172,6 +177,18 @@ class LoRABank:
             for leaf in adapters[0].A
         }
 
+    @property
+    def slots(self) -> torch.Tensor | None:
+        return self._slots
+
+    @slots.setter
+    def slots(self, slots: torch.Tensor | None) -> None:
+        """Also derives, once per pass rather than per layer, the table index of each row
+        and which rows have an adapter (None when none has)."""
+        self._slots = slots
+        keep = None if slots is None else slots >= 0
+        self._rows = None if keep is None or not bool(keep.any()) else (slots.clamp(min=0), keep)
+
     def slot(self, name: str, loop: int) -> int:
         adapter = self.adapters[name]
         return self.offsets[name] + min(loop, adapter.cfg.loops) - 1
@@ -198,17 +215,17 @@ class LoRABank:
     def delta(self, leaf: str, x: torch.Tensor) -> torch.Tensor | None:
         """The LoRA term of layer `leaf` (a target_modules key) for x [B, S, in] under
         `slots`, or None when no row has one."""
-        slots = self.slots
-        if slots is None or not bool((slots >= 0).any()):
+        if self._rows is None:
             return None
+        index, keep = self._rows
         if torch.is_grad_enabled():  # training: stack the live parameters, so grads flow
             self._restack()
         a_all, b_all = self._tables[leaf]
-        a = a_all[slots.clamp(min=0)].to(x.dtype)  # [B, r, in]
-        b = b_all[slots.clamp(min=0)].to(x.dtype)  # [B, out, r]
+        a = a_all[index].to(x.dtype)  # [B, r, in]
+        b = b_all[index].to(x.dtype)  # [B, out, r]
         low = torch.einsum("bsi,bri->bsr", x, a)
         out = torch.einsum("bsr,bor->bso", low, b) * self._scale
-        return out * (slots >= 0).to(x.dtype)[:, None, None]
+        return out * keep.to(x.dtype)[:, None, None]
 
 
 def _lora_forward(bank: LoRABank, leaf: str, base_forward):

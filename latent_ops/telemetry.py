@@ -7,7 +7,8 @@ state first). Per point it keeps
 - `cosine_drift`: mean cosine similarity of each row with the same row one iteration
   before (1 = the direction did not change; first point: none),
 - `distance`: ‖z_k − z_0‖ / ‖z_0‖ over all rows (how far from where it started),
-- `points`: the mean row (a [d] list) for 2-D plots (`latentserve telemetry-plot`).
+- `points`: the mean row (kept as a [d] tensor; a list only in `summary`) for 2-D plots
+  (`latentserve telemetry-plot`).
 It only measures: no model, no HTTP. The values go into the response's `latent.trace`
 when a request sets `return_trace`, and into the `latentserve:latent_*` histograms.
 """
@@ -24,7 +25,7 @@ class Trace:
     norms: list[float] = field(default_factory=list)
     cosine_drift: list[float] = field(default_factory=list)
     distance: list[float] = field(default_factory=list)
-    points: list[list[float]] = field(default_factory=list)
+    points: list[torch.Tensor] = field(default_factory=list)  # [d] each
     _first: torch.Tensor | None = None
     _last: torch.Tensor | None = None
 
@@ -42,7 +43,7 @@ class Trace:
             base = float(self._first.norm()) or 1.0
             self.distance.append(float((z - self._first).norm()) / base)
         self._last = z
-        self.points.append([round(x, 5) for x in z.mean(0).tolist()])
+        self.points.append(z.mean(0))
 
     def summary(self, points: bool = True) -> dict:
         out = {
@@ -51,5 +52,5 @@ class Trace:
             "distance": [round(x, 6) for x in self.distance],
         }
         if points:
-            out["points"] = self.points
+            out["points"] = [[round(x, 5) for x in p.tolist()] for p in self.points]
         return out

@@ -57,7 +57,7 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         max_queued_requests=config.max_queued_requests,
         on_finish=lambda stats: _finished(metrics if config.enable_metrics else None, stats),
         on_latent_update=metrics.record_latent_update if config.enable_metrics else None,
-        slr_adapters=dict(item.split("=", 1) for item in config.slr_adapter),
+        slr_adapters=config.adapter_dirs,
         backend=config.backend,
         vllm_kv_cache_gib=config.vllm_kv_cache_gib,
     )

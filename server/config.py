@@ -118,15 +118,26 @@ class ServerConfig(BaseModel):
         "json", description="log lines as JSON objects (with request ids) or plain text"
     )
 
+    @property
+    def adapter_dirs(self) -> dict[str, str]:
+        """`slr_adapter` as name -> directory."""
+        return dict(_name_and_dir(item) for item in self.slr_adapter)
+
     @field_validator("slr_adapter")
     @classmethod
     def _adapters_exist(cls, items: list[str]) -> list[str]:
         from pathlib import Path
 
         for item in items:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
+            name, path = _name_and_dir(item)
+            if not name or not path:
                 raise ValueError(f"{item!r}: want NAME=DIR")
             if not (Path(path) / "adapter.json").is_file():
                 raise ValueError(f"{path!r} holds no adapter.json (write one with train-slr)")
         return items
+
+
+def _name_and_dir(item: str) -> tuple[str, str]:
+    """'NAME=DIR' -> (NAME, DIR); a part that is missing is ''."""
+    name, _, path = item.partition("=")
+    return name, path

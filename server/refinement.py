@@ -133,8 +133,7 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
                 f"latent.adapter {spec.adapter!r} is not loaded on this server (loaded: {loaded})",
                 param="latent.adapter",
             )
-        adapter = adapters[spec.adapter]
-        given = {"max_loops": adapter.cfg.loops, **adapter.cfg.slr, "adapter": spec.adapter}
+        given = adapters[spec.adapter].slr_defaults(spec.adapter)
     for name in SLR_REQUEST_FIELDS:
         if getattr(spec, name) is not None:
             given[name] = getattr(spec, name)

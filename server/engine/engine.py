@@ -154,15 +154,13 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._calls.shutdown(wait=False, cancel_futures=True)
-        stop_runner = getattr(self.runner, "shutdown", None)  # the vllm backend's child process
-        if stop_runner is not None:
-            stop_runner()
+        self.runner.shutdown()
 
     @property
     def alive(self) -> bool:
         """The loop runs and its runner can still decode (/health answers 503 otherwise)."""
         thread_ok = self._thread is not None and self._thread.is_alive() and self.error is None
-        return thread_ok and getattr(self.runner, "healthy", True)
+        return thread_ok and self.runner.healthy
 
     @property
     def num_waiting(self) -> int:

@@ -120,6 +120,7 @@ class ModelRunner:
         self.embed = model.get_input_embeddings()
         self._embed_norm: float | None = None  # mean token-embedding norm (SLR feedback)
         self.lora = None  # latent_ops.lora.LoRABank of SLR loop adapters, when any are loaded
+        self.healthy = True  # can still decode (the engine's /health); the vllm backend may not
         self.forward_passes = 0
         self.prefill_tokens = 0  # prompt tokens actually run through the model
         self.reused_tokens = 0  # prompt tokens taken from the prefix cache instead
@@ -146,6 +147,9 @@ class ModelRunner:
     def complete(self, seqs: list[Sequence]) -> None:
         """Called by the engine with the sequences that just finished, however they ended
         (here, a stop string or a deadline too): this runner has nothing to add."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop here (the vllm backend stops its engine process)."""
 
     def release(self, cache_key) -> None:
         """Forget the prefix-cache entry kept under `cache_key` (if any)."""

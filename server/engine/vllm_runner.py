@@ -59,7 +59,6 @@ class VLLMRunner:
         *,
         dtype: str = "float32",
         kv_cache_gib: int = 2,
-        seed: int = 0,
     ):
         self.torch = torch_runner
         self.max_model_len = torch_runner.max_model_len
@@ -71,7 +70,6 @@ class VLLMRunner:
             max_num_seqs=torch_runner.max_batch_size,
             max_model_len=self.max_model_len,
             kv_cache_gib=kv_cache_gib,
-            seed=seed,
         )
         self._seqs: dict[str, Sequence] = {}  # our request id -> sequence vLLM decodes
         self._ids = count()
@@ -162,8 +160,10 @@ class VLLMRunner:
             try:
                 stepped.extend(self._vllm_step())
             except Exception as exc:  # noqa: BLE001 - its sequences fail, torch's go on
+                from vllm.v1.engine.exceptions import EngineDeadError
+
                 log.exception("vLLM step failed")
-                if type(exc).__name__ == "EngineDeadError":  # its process is gone for good
+                if isinstance(exc, EngineDeadError):  # its process is gone for good
                     self.healthy = False
                 victims = list(self._seqs.values())
                 for seq in victims:
@@ -269,7 +269,7 @@ class VLLMRunner:
         self.llm.engine_core.shutdown(timeout=10)
 
 
-def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_cache_gib, seed):
+def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_cache_gib):
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -288,7 +288,6 @@ def _start_engine(model_dir, *, dtype, device, max_num_seqs, max_model_len, kv_c
         max_model_len=max_model_len,
         skip_tokenizer_init=True,
         disable_log_stats=True,
-        seed=seed,
         **kwargs,
     )
     log.info("starting vLLM on %s (%s)", model_dir, device)

@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     }
     if adapters:
         loops = engine.adapters["ad"].cfg.loops
-        trained = {**engine.adapters["ad"].cfg.slr, "max_loops": loops, "adapter": "ad"}
+        trained = engine.adapters["ad"].slr_defaults("ad")
         variants[f"slr adapter, {loops} loops"] = lambda ids: slr(ids, params, SLRConfig(**trained))
         variants[f"contrastive adapter, {loops} loops"] = lambda ids: slr(
             ids, params, SLRConfig(**trained, contrastive=True)

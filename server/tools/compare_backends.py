@@ -77,10 +77,10 @@ def compare(
     from latent_ops.rewards import ReferenceReward
     from server.engine.engine import build_engine, run_programs
     from server.refinement import chat_encoder
-    from server.tools.eval import INSTRUCTION
+    from server.tools.eval import question_text
 
     encode = chat_encoder(loaded.tokenizer)
-    questions = [p.question + INSTRUCTION for p in problems]  # server.tools.problems.Problem
+    questions = [question_text(p) for p in problems]  # p: server.tools.problems.Problem
     prompts = [encode([{"role": "user", "content": q}]) for q in questions]
 
     def programs():

@@ -83,7 +83,7 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
         keys = [k for k in REQUEST_FIELDS if k != "layout"]  # eval runs the default layout
         latent = {"method": cfg.method, **{k: getattr(cfg, k) for k in keys}}
         if cfg.slr_adapter:
-            name, _, path = cfg.slr_adapter.rpartition("=")
+            name = cfg.slr_adapter.rpartition("=")[0]  # [NAME=]DIR: the server's name
             latent["adapter"] = name if cfg.url and name else "eval"
         return {k: v for k, v in latent.items() if v is not None}
     reward = (

@@ -37,6 +37,17 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+def metric(url: str, name: str) -> float:
+    """The sum of a running server's /metrics samples whose line starts with `name`
+    (a metric name, optionally with the start of its labels)."""
+    text = httpx.get(url + "/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as s:

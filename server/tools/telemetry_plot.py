@@ -6,7 +6,7 @@ Each input line is a JSON response from either completion route (or just its `la
 object) of a request sent with `"return_trace": true`. Every request's trace points (one
 per refinement step or loop: the mean latent, `latent_ops/telemetry.py`) are projected
 together to 2-D, each moved to start at the origin (refinement moves latents by a few
-percent, so absolute positions would only separate the requests), with PCA (torch's SVD; t-SNE needs scikit-learn) and drawn as one line per
+percent, so absolute positions would only separate the requests), with PCA (numpy's SVD; t-SNE needs scikit-learn) and drawn as one line per
 request, from a circle (start) to a square (end), coloured by the request's final reward
 (LatentSeek) or, without rewards, by its number of loops. A second panel shows each
 request's distance from its first latents per iteration. Reads files, writes a PNG; no

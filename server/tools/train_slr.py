@@ -31,8 +31,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-INSTRUCTION = "\nPut the final answer in \\boxed{}."  # the same suffix `latentserve eval` uses
-
 
 class TrainConfig(BaseModel):
     out: str = Field("slr-adapter", description="adapter directory to write")
@@ -98,6 +96,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     from latent_ops.slr import SLRConfig, loop_input
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
+    from server.tools.eval import question_text  # the prompt `latentserve eval` asks
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model, device="cpu", dtype="float32")
@@ -143,10 +142,10 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         rows = [
             problems[order[(step * cfg.batch_size + i) % len(order)]] for i in range(cfg.batch_size)
         ]
-        prompts = [encode([{"role": "user", "content": p.question + INSTRUCTION}]) for p in rows]
+        prompts = [encode([{"role": "user", "content": question_text(p)}]) for p in rows]
         targets = [
             tok(
-                target_text(p.rationale, p.answer, 0 if cfg.keep_steps else k),
+                target_text(p.rationale, p.answer, cfg.replaced_steps(k)),
                 add_special_tokens=False,
             )["input_ids"][: cfg.max_target_tokens]
             for p in rows

@@ -20,6 +20,7 @@ import torch
 from server.app import build_app
 from server.config import ServerConfig
 from server.tools.live import LiveServer
+from server.tools.live import metric as _metric
 
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer": "-123456"}}
@@ -55,15 +56,6 @@ def live(request, vllm_sized_loaded):
 @pytest.fixture(scope="module")
 def client(live):
     return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-
-
-def _metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 def _complete(client, prompt="What is 3 + 4?", latent=None, **kwargs):

@@ -14,6 +14,7 @@ import pytest
 from server.app import build_app
 from server.config import ServerConfig
 from server.tools.live import LiveServer
+from server.tools.live import metric as _metric
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,6 @@ def live(tiny_loaded, grader):
     )
     with LiveServer(build_app(config, loaded=tiny_loaded)) as server:
         yield server
-
-
-def _metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer": "7"}}

@@ -14,19 +14,14 @@ def test_target_drops_the_replaced_steps():
     assert target_text(("1 + 2 = 3",), "3", 4) == "The answer is \\boxed{3}."
 
 
+def _tiny_config(model_dir, out, **settings) -> TrainConfig:
+    """A short run on the tiny model: 2 loops, rank 2, batches of 2."""
+    base = dict(loops=2, rank=2, batch_size=2, lr=1e-2, max_target_tokens=24)
+    return TrainConfig(out=str(out), model=str(model_dir), **base, **settings)
+
+
 def test_keep_steps_keeps_the_whole_solution_and_fits(tiny_model_dir, tmp_path):
-    cfg = TrainConfig(
-        out=str(tmp_path / "ad"),
-        model=str(tiny_model_dir),
-        loops=2,
-        rank=2,
-        steps=16,
-        batch_size=2,
-        lr=1e-2,
-        synthetic=2,
-        keep_steps=True,
-        max_target_tokens=24,
-    )
+    cfg = _tiny_config(tiny_model_dir, tmp_path / "ad", steps=16, synthetic=2, keep_steps=True)
     assert [cfg.replaced_steps(k) for k in (1, 2)] == [0, 0]
     assert TrainConfig().replaced_steps(2) == 2
     history = train(cfg)["history"]
@@ -35,18 +30,7 @@ def test_keep_steps_keeps_the_whole_solution_and_fits(tiny_model_dir, tmp_path):
 
 def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "ad"
-    cfg = TrainConfig(
-        out=str(out),
-        model=str(tiny_model_dir),
-        loops=2,
-        rank=2,
-        steps=24,
-        batch_size=2,
-        lr=1e-2,
-        synthetic=4,
-        save_every=12,
-        max_target_tokens=24,
-    )
+    cfg = _tiny_config(tiny_model_dir, out, steps=24, synthetic=4, save_every=12)
     first = train(cfg.model_copy(update={"stop_after": 12}))
     assert first["steps"] == 12 and (out / "checkpoint.pt").is_file()
     result = train(cfg.model_copy(update={"resume": True}))
