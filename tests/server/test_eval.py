@@ -1,12 +1,15 @@
 """`latentserve eval` and its problem sources, on the tiny model (in process and over HTTP)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from server.cli import main
 from server.tools.eval import chosen_at_budget
 from server.tools.problems import load_problems, synthetic_problems
+
+GSM8K_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train_sample.jsonl"
 
 
 def test_synthetic_problems_are_seeded_and_solvable():
@@ -34,7 +37,7 @@ def test_synthetic_answers_follow_the_story():
 
 
 def test_gsm8k_file_and_bad_specs(tmp_path):
-    rows = load_problems("../shared/data/gsm8k/train.jsonl", limit=3)
+    rows = load_problems(str(GSM8K_SAMPLE), limit=3)
     assert len(rows) == 3 and rows[0].answer == "72" and "Natalia" in rows[0].question
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q"}\n')
