@@ -28,11 +28,15 @@ import os
 import sys
 from pathlib import Path
 
+from server.tools.problems import DEFAULT_GSM8K
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--mixed-requests", type=int, default=32)
     parser.add_argument("--latent-fraction", type=float, default=0.25)

@@ -21,13 +21,17 @@ import argparse
 import json
 import time
 
+from server.tools.problems import DEFAULT_GSM8K
+
 UNREACHABLE = "-987654321"  # a reference answer nothing extracts to: every step runs
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument(
         "--paper-requests", type=int, default=2, help="requests also run the paper's way (slow)"

@@ -18,11 +18,15 @@ import asyncio
 import io
 import statistics
 
+from server.tools.problems import DEFAULT_GSM8K
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -26,6 +26,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from server.tools.problems import DEFAULT_GSM8K
+
 
 @dataclass
 class Result:
@@ -191,7 +193,9 @@ def table(summary: dict, title: str = "") -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server root")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument(

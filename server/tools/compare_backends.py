@@ -1,6 +1,6 @@
 """The vllm backend against the hf backend: same answers, same refinement, what memory.
 
-    python -m server.tools.compare_backends [--data ../shared/data/gsm8k/train.jsonl]
+    python -m server.tools.compare_backends [--data GSM8K.jsonl]
         [--prompts 20] [--latentseek 4] [--max-tokens 64] [--json out.json]
 
 In one process, on the same model and chat-formatted questions (greedy):
@@ -23,6 +23,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+from server.tools.problems import DEFAULT_GSM8K
 
 
 def pss_bytes(pids) -> int:
@@ -153,7 +155,9 @@ def compare(
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--latentseek", type=int, default=4, help="LatentSeek requests")
     parser.add_argument("--steps", type=int, default=3, help="LatentSeek steps per request")

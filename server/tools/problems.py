@@ -4,6 +4,12 @@
 `answer` ending in `#### N`) or `synthetic:N[,seed=S][,steps=A-B]`: N arithmetic word
 problems of A to B steps (default 1-3), the same set for the same seed. Problems only:
 no model, no prompts, no scoring (`server/tools/eval.py`).
+
+`DEFAULT_GSM8K` is the `--data` default of every tool here: the 50-row GSM8K sample that
+ships in the repository (`tests/data/gsm8k/`, MIT). It lets a benchmark or smoke run work
+from a fresh clone; it is too small to measure accuracy with. For a real evaluation pass
+your own GSM8K-format file (for example GSM8K's full training or test split) with `--data`.
+The path exists in a source checkout (an editable install), not in a built wheel.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# <repo root>/tests/data/gsm8k/train_sample.jsonl, from this file's place in the checkout; a
+# string, as load_problems and argparse defaults take it
+DEFAULT_GSM8K = str(Path(__file__).resolve().parents[2] / "tests/data/gsm8k/train_sample.jsonl")
 
 
 @dataclass(frozen=True)

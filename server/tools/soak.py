@@ -19,6 +19,8 @@ import signal
 import time
 from collections import Counter
 
+from server.tools.problems import DEFAULT_GSM8K
+
 
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
@@ -32,7 +34,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--data", default="../shared/data/gsm8k/train.jsonl")
+    parser.add_argument(
+        "--data", default=DEFAULT_GSM8K, help="GSM8K-format JSONL (default: the 50-row sample)"
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="requests per load batch")
     parser.add_argument("--latent-fraction", type=float, default=0.25)
