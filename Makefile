@@ -1,5 +1,11 @@
 # Two entry points (README quickstart): `make serve` and `make test`.
 # Both create .venv on first use and reinstall only when pyproject.toml changes.
+
+# Every recipe line runs under `sh -e`: a command that fails inside a multi-command line
+# (an `if`, a `;` list) fails the line, so make stops there and the install stamp that
+# ends each install recipe is not written; a target a failed recipe left behind is deleted.
+.SHELLFLAGS := -ec
+.DELETE_ON_ERROR:
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
