@@ -1,11 +1,14 @@
 """The batched, KV-cached model runner with continuous batching.
 
-One `step()` does two things:
-1. *decode*: one token for every running sequence, as one forward pass over a
+One `step()` does three things:
+1. *decode*: one token for every sequence of the batch, as one forward pass over a
    left-padded batch that shares a single KV cache;
 2. *prefill*: admit waiting sequences (up to `max_batch_size`), run their prompts as one
    left-padded pass, sample each one's first token and merge their cache rows into the
-   running batch.
+   batch;
+3. *recurrent*: at most one bounded chunk of one looping SLR `recurrent` sequence's
+   passes (server/engine/recurrent.py), round-robin; when its loops end it samples its
+   first token and joins the batch. So a long looping prompt never holds the others.
 Sequences join and leave between steps: leaving drops the row and trims columns that
 became padding everywhere; joining left-pads whichever side is shorter. That costs a
 copy of the cache only when the batch changes, never per token.
@@ -38,7 +41,8 @@ from transformers import DynamicCache
 
 from kernels import skinny_linear
 from latent_ops.program import SamplingParams, TokenLogprob
-from latent_ops.slr import ThoughtState, loop_input
+from latent_ops.slr import ThoughtState
+from server.engine.recurrent import RecurrentJob
 
 
 @dataclass
@@ -95,6 +99,7 @@ class ModelRunner:
         max_model_len: int | None = None,
         eos_token_ids: set[int] | None = None,
         pad_token_id: int = 0,
+        recurrent_chunk: int = 512,  # most prompt positions of SLR recurrent work per step
     ):
         self.model = model
         skinny_linear.install(model)  # batched decode steps on CPU: see kernels/skinny_linear.py
@@ -108,9 +113,11 @@ class ModelRunner:
         )
         self.eos_token_ids = set(eos_token_ids or ())
         self.pad_token_id = pad_token_id
+        self.recurrent_chunk = recurrent_chunk
         self.waiting: list[Sequence] = []  # sorted by (priority, seq_id)
-        self.running: list[Sequence] = []
-        # Batch state, one row per running sequence (None when nothing runs):
+        self.batch: list[Sequence] = []  # the decode batch, one row each
+        self.looping: list[RecurrentJob] = []  # admitted recurrent SLR rows, round-robin
+        # Batch state, one row per batch sequence (None when the batch is empty):
         self.cache: DynamicCache | None = None  # layers of [B, kv_heads, Lb, head_dim]
         self.mask: torch.Tensor | None = None  # [B, Lb] long, 1 = real token
         self.next_pos: torch.Tensor | None = None  # [B] long, position id of the next input
@@ -156,15 +163,26 @@ class ModelRunner:
         self.prefix_cache.pop(cache_key, None)
 
     def reset(self) -> None:
-        """Drop the running batch (after a failed step); waiting sequences stay queued."""
+        """Drop the batch and the looping sequences (after a failed step); waiting
+        sequences stay queued."""
         for seq in self.running:
             self.abort(seq)
-        self.running, self.cache = [], None
+        self.looping = []
+        self._clear_batch()
+
+    def _clear_batch(self) -> None:
+        self.batch, self.cache = [], None
         self.mask = self.next_pos = self.next_tokens = None
 
     @property
+    def running(self) -> list[Sequence]:
+        """Every admitted sequence: the batch's rows, then the looping recurrent ones (the
+        engine's deadlines and failure handling cover both)."""
+        return [*self.batch, *(job.seq for job in self.looping)]
+
+    @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.batch or self.looping)
 
     @torch.inference_mode()
     def final_states(self, rows: list[list[int]]) -> list[torch.Tensor]:
@@ -189,46 +207,60 @@ class ModelRunner:
     # ---- one engine step ---------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
-        """Decode one token for the running batch, then prefill admitted sequences.
+        """Decode one token for the batch, prefill admitted sequences, then run one chunk
+        of recurrent work.
 
-        Returns the sequences that received a token this step (some may now be finished;
-        finished ones leave the batch at the start of the next step).
+        Returns the sequences this step moved on: the batch's rows and the admitted ones
+        (each got a token, unless it ran an SLR thought pass), and a looping sequence
+        whose loops ended (with its first token). A `recurrent` sequence is returned
+        without a token when admitted (so the engine marks it scheduled), then not again
+        until its loops end. Finished sequences (however they ended, looping ones too)
+        leave at the start of the next step.
         """
         self._evict_finished()
+        self.looping = [job for job in self.looping if not job.seq.finished]
         stepped: list[Sequence] = []
-        if self.running:
+        if self.batch:
             self._decode()
-            stepped.extend(self.running)
-        free = self.max_batch_size - len(self.running)
+            stepped.extend(self.batch)
+        free = self.max_batch_size - len(self.batch) - len(self.looping)
         if free > 0 and self.waiting:
             admitted, self.waiting = self.waiting[:free], self.waiting[free:]
             self._prefill(admitted)
             stepped.extend(admitted)
+        if self.looping:
+            job = self.looping.pop(0)
+            if job.run_chunk():
+                self._join(job)
+                if not any(s is job.seq for s in stepped):
+                    stepped.append(job.seq)
+            else:
+                self.looping.append(job)
         return stepped
 
     def _decode(self) -> None:
         ids = self.next_tokens[:, None]  # [B, 1]
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.running), 1)], dim=1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.batch), 1)], dim=1)
         embeds = slots = None
-        thinking = [r for r, s in enumerate(self.running) if s.pending_input is not None]
+        thinking = [r for r, s in enumerate(self.batch) if s.pending_input is not None]
         if thinking:  # SLR thought rows feed a vector instead of a token
             embeds = self.embed(ids)  # [B, 1, d]
             for row in thinking:
-                seq = self.running[row]
+                seq = self.batch[row]
                 embeds[row, 0] = seq.pending_input.to(embeds.dtype)
                 seq.pending_input = None
                 name = seq.thoughts.cfg.adapter
                 if name is not None:  # loop t runs with the adapter's LoRA of loop t
                     if slots is None:
-                        slots = torch.full((len(self.running),), -1, dtype=torch.long)
+                        slots = torch.full((len(self.batch),), -1, dtype=torch.long)
                     slots[row] = self.lora.slot(name, seq.thought_state.loops + 1)
         with self._lora_rows(slots):
             hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
-        contrast = [r for r in thinking if self.running[r].thoughts.cfg.contrastive]
+        contrast = [r for r in thinking if self.batch[r].thoughts.cfg.contrastive]
         if contrast:
             self._contrast(contrast, embeds, hidden)
         self.next_pos = self.next_pos + 1
-        self.next_tokens = self._sample_and_append(hidden[:, -1], self.running)
+        self.next_tokens = self._sample_and_append(hidden[:, -1], self.batch)
 
     def _contrast(self, rows: list[int], embeds: torch.Tensor, hidden: torch.Tensor) -> None:
         """Contrastive refinement (ALGORITHMS.md §3) of the thought rows `rows`, in place.
@@ -246,16 +278,16 @@ class ModelRunner:
             None, self.mask[index], self.next_pos[index, None], cache, embeds[index]
         )[:, -1]
         for k, row in enumerate(rows):
-            state = self.running[row].thought_state
+            state = self.batch[row].thought_state
             strong = hidden[row, -1].float()
             state.accumulate(strong, weak[k].float())
             hidden[row, -1] = (strong + state.g).to(hidden.dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         plain = []
-        for seq in seqs:  # recurrent SLR rows loop their whole prompt, one at a time
+        for seq in seqs:  # recurrent SLR rows loop their whole prompt, a chunk per step
             if _recurrent(seq):
-                self._prefill_recurrent(seq)
+                self.looping.append(RecurrentJob(self, seq, self.recurrent_chunk))
             else:
                 plain.append(seq)
         if not plain:
@@ -287,51 +319,13 @@ class ModelRunner:
         tokens = self._sample_and_append(hidden[:, -1], seqs)
         self._merge(seqs, cache, mask, next_pos, tokens)
 
-    def _prefill_recurrent(self, seq: Sequence) -> None:
-        """SLR `recurrent` layout (latent_ops/slr.py): the whole prompt loops.
-
-        Pass 0 is the plain prompt; loop t runs the prompt's positions again on
-        loop_input(states of pass t-1) with the LoRA of loop t, in a fresh cache; the answer
-        is decoded from the last pass's cache. One sequence at a time (its passes are
-        prompt-sized, so they are not merged with other rows).
-        """
-        ids = torch.tensor([seq.prompt_ids], device=self.device)  # [1, S]
-        n = ids.shape[1]
+    def _join(self, job: RecurrentJob) -> None:
+        """A recurrent sequence whose loops ended: its first token, then into the batch
+        with the last pass's cache."""
+        n = job.size
         mask = torch.ones((1, n), dtype=torch.long, device=self.device)
-        positions = torch.arange(n, device=self.device)[None]
-        embed = self.embed.weight
-        h0 = self.embed(ids)[0].float()  # [S, d]
-        state = self._thought_state(seq)
-        cfg, name = seq.thoughts.cfg, seq.thoughts.cfg.adapter
-        inputs, prev = None, None
-        soft = cfg.feedback in ("soft", "hybrid")  # only these read every position's logits
-        while True:
-            cache = DynamicCache(config=self.config)
-            slots = None
-            if inputs is not None and name is not None:
-                slots = torch.tensor([self.lora.slot(name, state.loops + 1)])
-            embeds = None if inputs is None else inputs[None].to(embed.dtype)
-            with self._lora_rows(slots):
-                states = self._forward(ids, mask, positions, cache, embeds)[0]  # [S, d]
-            self.prefill_tokens += n
-            logits = self.lm_head(states if soft else states[-1:]).float()  # [S or 1, V]
-            if state.observe(states[-1].float(), logits[-1], time.monotonic()):
-                break
-            inputs = loop_input(
-                cfg,
-                state.loops + 1,
-                states.float(),
-                torch.log_softmax(logits, dim=-1) if soft else None,
-                h0,
-                prev,
-                embed,
-                state.embed_norm,
-                state.adapter,
-            )
-            prev = inputs
-        next_pos = torch.tensor([n], device=self.device)
-        tokens = self._sample_and_append(states[-1:], [seq])
-        self._merge([seq], cache, mask, next_pos, tokens)
+        tokens = self._sample_and_append(job.last_state(), [job.seq])
+        self._merge([job.seq], job.cache, mask, torch.tensor([n], device=self.device), tokens)
 
     def _lora_rows(self, slots: torch.Tensor | None):
         """The LoRA bank applying `slots` ([B]) to the passes inside; a no-op without."""
@@ -451,10 +445,10 @@ class ModelRunner:
 
     # ---- batch bookkeeping ---------------------------------------------------------
     def _merge(self, seqs, cache, mask, next_pos, tokens) -> None:
-        """Append prefilled rows (cache [b, H, Ln, hd], mask [b, Ln]) to the running batch."""
-        if not self.running:
+        """Append prefilled rows (cache [b, H, Ln, hd], mask [b, Ln]) to the batch."""
+        if not self.batch:
             self.cache, self.mask, self.next_pos, self.next_tokens = cache, mask, next_pos, tokens
-            self.running = list(seqs)
+            self.batch = list(seqs)
             return
         width = max(self.mask.shape[1], mask.shape[1])
         for old, new in zip(self.cache.layers, cache.layers, strict=True):
@@ -465,17 +459,17 @@ class ModelRunner:
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
         self.next_pos = torch.cat([self.next_pos, next_pos])
         self.next_tokens = torch.cat([self.next_tokens, tokens])
-        self.running.extend(seqs)
+        self.batch.extend(seqs)
 
     def _evict_finished(self) -> None:
-        keep = [i for i, s in enumerate(self.running) if not s.finished]
-        if len(keep) == len(self.running):
+        keep = [i for i, s in enumerate(self.batch) if not s.finished]
+        if len(keep) == len(self.batch):
             return
         if not keep:
-            self.reset()
+            self._clear_batch()
             return
         index = torch.tensor(keep, device=self.device)
-        self.running = [self.running[i] for i in keep]
+        self.batch = [self.batch[i] for i in keep]
         self.mask = self.mask[index]
         # Columns that are padding in every remaining row are dropped.
         first = int((self.mask.sum(0) > 0).nonzero()[0])

@@ -1,14 +1,20 @@
-"""SLR (`thoughts` layout) through the engine: against an uncached reference of the same
-loop, batched beside other requests, exit criteria, and the feedback maths."""
+"""SLR through the engine: against an uncached reference of the same loop, batched beside
+other requests, exit criteria, and the feedback maths; the `recurrent` layout's chunks
+(same answer as one chunk, logits bounded by the chunk, deadlines while looping)."""
+
+import time
 
 import pytest
 import torch
 
+from latent_ops.lora import AdapterConfig, LoopAdapter, LoRABank
 from latent_ops.program import Generate, SamplingParams
-from latent_ops.slr import SLRConfig, ThoughtState, loop_input, slr, timestep_embedding
+from latent_ops.slr import SLRConfig, Thoughts, ThoughtState, loop_input, slr, timestep_embedding
+from server.engine import recurrent
 from server.engine.engine import Engine
 from server.engine.engine import run_programs as engine_run
-from server.engine.runner import ModelRunner
+from server.engine.runner import ModelRunner, Sequence
+from tests.tiny import build_model
 
 EOS = 2
 PROMPTS = ["What is 2 + 3? Answer:", "Tom has 4 apples and buys 7 more.", "Compute 9*8 ="]
@@ -193,3 +199,118 @@ def test_a_spent_time_budget_stops_the_loops_and_still_answers(model, tok):
     )
     assert out.stopped_reason == "time_budget" and out.loops["loops"] == 0 == out.steps
     assert out.generation.token_ids == zero.generation.token_ids
+
+
+LONG = "Tom has 4 apples and buys 7 more, then gives 3 away. How many are left? " * 2
+
+
+def run_recurrent(model, ids, cfg, chunk, lora=None):
+    """One recurrent sequence on a bare runner with `recurrent_chunk=chunk`, greedy."""
+    runner = ModelRunner(model, max_batch_size=2, eos_token_ids={EOS}, recurrent_chunk=chunk)
+    runner.lora = lora
+    seq = Sequence(0, ids, SamplingParams(max_tokens=8, temperature=0.0), thoughts=Thoughts(cfg))
+    runner.add(seq)
+    while runner.has_work:
+        runner.step()
+    return seq
+
+
+def _adapted(tok):
+    """A tiny model of its own with a randomised 3-loop adapter "ad" installed."""
+    model = build_model(len(tok), seed=3)
+    adapter = LoopAdapter(AdapterConfig(loops=3, rank=4), model)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    bank = LoRABank()
+    bank.add("ad", adapter)
+    bank.install(model)
+    return model, bank
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SLRConfig(layout="recurrent", max_loops=3, feedback="soft"),
+        SLRConfig(layout="recurrent", max_loops=3, feedback="hidden", residual="prev", beta=0.3),
+        SLRConfig(layout="recurrent", max_loops=2, feedback="hybrid", timestep_scale=0.2),
+        SLRConfig(layout="recurrent", max_loops=3, feedback="soft", residual="h0", adapter="ad"),
+        SLRConfig(
+            layout="recurrent", max_loops=3, feedback="hidden", timestep_scale=0.5, adapter="ad"
+        ),
+    ],
+    ids=["soft", "hidden-prev", "hybrid-timestep", "soft-adapter", "hidden-adapter"],
+)
+def test_recurrent_chunks_equal_one_chunk(model, tok, cfg):
+    ids = tok(LONG)["input_ids"]
+    bank = None
+    if cfg.adapter is not None:
+        model, bank = _adapted(tok)
+    whole = run_recurrent(model, ids, cfg, chunk=len(ids), lora=bank)
+    assert len(ids) > 3 * 37
+    for chunk in (37, 64):  # several chunks per pass, the last one short
+        part = run_recurrent(model, ids, cfg, chunk=chunk, lora=bank)
+        assert part.output_ids == whole.output_ids
+        assert part.loops == whole.loops == cfg.max_loops
+        assert part.thought_state.deltas == pytest.approx(
+            whole.thought_state.deltas, rel=1e-4, abs=1e-6
+        )
+    if bank is None:  # and both are the layout taken literally
+        tokens, state = reference_recurrent(model, ids, cfg, 8)
+        assert whole.output_ids == tokens and whole.loops == state.loops
+    else:  # the adapter is really used: without it the loops go elsewhere
+        base = run_recurrent(model, ids, SLRConfig(**{**vars(cfg), "adapter": None}), 37)
+        assert base.thought_state.deltas != pytest.approx(part.thought_state.deltas)
+
+
+@pytest.mark.parametrize("feedback", ["soft", "hybrid", "hidden"])
+def test_recurrent_logits_and_loop_inputs_stay_within_a_chunk(model, tok, monkeypatch, feedback):
+    ids = tok(LONG)["input_ids"]
+    cfg = SLRConfig(layout="recurrent", max_loops=2, feedback=feedback)
+    rows = {"lm_head": [], "loop_input": []}
+    real_input = recurrent.loop_input
+
+    def spy_input(cfg, t, latent, *args):
+        rows["loop_input"].append(latent.shape[0])
+        return real_input(cfg, t, latent, *args)
+
+    monkeypatch.setattr(recurrent, "loop_input", spy_input)
+    runner = ModelRunner(model, eos_token_ids={EOS}, recurrent_chunk=32)
+    head = runner.lm_head
+
+    def spy_head(x):
+        rows["lm_head"].append(x.reshape(-1, x.shape[-1]).shape[0])
+        return head(x)
+
+    runner.lm_head = spy_head
+    seq = Sequence(0, ids, SamplingParams(max_tokens=4), thoughts=Thoughts(cfg))
+    runner.add(seq)
+    while runner.has_work:
+        runner.step()
+    assert seq.loops == 2 and len(seq.output_ids) > 0
+    assert len(ids) > 3 * 32
+    assert max(rows["lm_head"]) <= 32 and max(rows["loop_input"]) <= 32
+    # every position of loops 1 and 2 got its input, a chunk at a time
+    assert sum(rows["loop_input"]) == 2 * len(ids)
+    if feedback != "hidden":  # soft feedback reads every position's logits, chunk by chunk
+        assert max(rows["lm_head"]) == 32
+    else:  # hidden: only the last position's (per pass) and the sampled token's
+        assert max(rows["lm_head"]) == 1
+
+
+def test_a_deadline_ends_a_looping_recurrent_request(model, tok):
+    ids = tok(LONG)["input_ids"]
+    cfg = SLRConfig(layout="recurrent", max_loops=500, feedback="hidden")
+    runner = ModelRunner(model, max_batch_size=4, eos_token_ids={EOS}, recurrent_chunk=8)
+    engine = Engine(runner, tok)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=4, temperature=0.0, deadline=time.monotonic() + 0.5)
+        [out] = engine_run(engine, [slr(ids, params, cfg)], timeout=60)
+    finally:
+        engine.shutdown()
+    # the engine's deadline reaches a sequence still looping (runner.running includes it)
+    assert out.generation.finish_reason == "deadline"
+    assert out.generation.token_ids == [] and out.loops["loops"] < 500
+    assert not runner.has_work

@@ -3,6 +3,7 @@
 import torch
 
 from latent_ops.program import SamplingParams
+from latent_ops.slr import SLRConfig, Thoughts
 from server.engine.runner import ModelRunner, Sequence
 
 PROMPTS = [
@@ -186,3 +187,58 @@ def test_tiny_top_p_keeps_the_most_likely_token(model, tok):
     seq = Sequence(0, ids, SamplingParams(max_tokens=6, temperature=2.0, top_p=1e-300, seed=3))
     _run(runner, [seq], [0])
     assert seq.output_ids == _generate(model, ids, 6)  # only the argmax survives: greedy
+
+
+LONG = "A much longer prompt that goes on for a while, so padding differs a lot here. " * 2
+
+
+def _looping(seq_id, tok, max_loops=8, max_tokens=4):
+    cfg = SLRConfig(layout="recurrent", max_loops=max_loops, feedback="soft")
+    params = SamplingParams(max_tokens=max_tokens)
+    return Sequence(seq_id, tok(LONG)["input_ids"], params, thoughts=Thoughts(cfg))
+
+
+def test_a_looping_recurrent_prompt_does_not_hold_a_short_request(model, tok):
+    chunk = 16
+    runner = ModelRunner(model, max_batch_size=4, eos_token_ids=set(), recurrent_chunk=chunk)
+    looping = _looping(0, tok)
+    short = Sequence(1, tok("x")["input_ids"], SamplingParams(max_tokens=2))
+    runner.add(looping)
+    assert [s.seq_id for s in runner.step()] == [0]  # admitted (scheduled), no token yet
+    runner.add(short)
+    while not short.finished:
+        before = runner.prefill_tokens
+        stepped = runner.step()
+        # one step: the short prompt (when admitted) and at most one chunk of the loops
+        assert runner.prefill_tokens - before <= chunk + len(short.prompt_ids)
+        assert all(s is not looping for s in stepped)  # token-less: not reported
+    assert len(short.output_ids) == 2
+    assert looping.loops < 8 and not looping.output_ids and not looping.finished
+    assert runner.running == [short, looping]  # the engine's deadlines see both
+    while runner.has_work:
+        runner.step()
+    assert looping.loops == 8 and len(looping.output_ids) == 4
+    assert runner.cache is None and not runner.running
+
+
+def test_a_looping_sequence_takes_a_batch_slot_and_leaves_on_abort_or_reset(model, tok):
+    runner = ModelRunner(model, max_batch_size=1, eos_token_ids=set(), recurrent_chunk=8)
+    looping = _looping(0, tok)
+    plain = Sequence(1, tok("abc")["input_ids"], SamplingParams(max_tokens=2))
+    runner.add(looping)
+    runner.add(plain)
+    for _ in range(3):
+        assert all(s is not plain for s in runner.step())
+    assert runner.running == [looping] and runner.waiting == [plain]  # the slot is taken
+    runner.abort(looping)
+    assert looping.finish_reason == "abort" and runner.has_work
+    assert runner.step() == [plain]  # the aborted one left; the plain one came in
+    assert runner.running == [plain] and not looping.output_ids
+    while runner.has_work:
+        runner.step()
+    again = _looping(2, tok)
+    runner.add(again)
+    runner.step()
+    assert runner.running == [again]
+    runner.reset()
+    assert again.finish_reason == "abort" and not runner.has_work and not runner.running
