@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from latent_ops.program import Generate, Generation, SamplingParams
-from latent_ops.rewards import RewardError
+from latent_ops.rewards import RewardError, checked_reward
 from latent_ops.telemetry import Trace
 
 
@@ -61,7 +61,9 @@ class LatentSeekConfig:
 class LatentUpdate:
     """Need: one Adam step on the rows of `z` under `reward`; result: argmax tokens [U].
 
-    z, exp_avg, exp_avg_sq: [U, d] float32, owned by the program, updated in place.
+    z, exp_avg, exp_avg_sq: [U, d] float32, owned by the program, updated in place. When
+    the step would leave a row non-finite, nothing is updated and the result is a
+    FloatingPointError (the program stops with `reward_error`; no other request is hurt).
     """
 
     z: torch.Tensor
@@ -132,7 +134,7 @@ def latentseek(
     if first.finish_reason == "deadline":
         return done("time_budget", first)
     try:
-        r0 = yield from reward.score(prompt_text, first.text)
+        r0 = checked_reward((yield from reward.score(prompt_text, first.text)))
     except RewardError:
         return done("reward_error", first)
     out.initial_reward = out.final_reward = r0
@@ -180,6 +182,8 @@ def latentseek(
             [tokens] = yield [
                 LatentUpdate(z, exp_avg, exp_avg_sq, guess if j else r, cfg.lr, step + j + 1)
             ]
+            if isinstance(tokens, BaseException):  # this request's update was not finite
+                return done("reward_error", chosen())
             prefixes.append(tuple(tokens.tolist()))
             after.append((z.clone(), exp_avg.clone(), exp_avg_sq.clone()) if k > 1 else (z,))
         todo = [p for p in dict.fromkeys(prefixes) if p not in decoded]
@@ -212,7 +216,7 @@ def latentseek(
                 if getattr(reward, "deterministic", False) and answer.text in scores:
                     r = scores[answer.text]
                 else:
-                    r = yield from reward.score(prompt_text, answer.text)
+                    r = checked_reward((yield from reward.score(prompt_text, answer.text)))
                     scores[answer.text] = r
             except RewardError:
                 return stop("reward_error", fresh)

@@ -88,10 +88,13 @@ class Generation:
 
 @dataclass
 class Call:
-    """Need: run `fn()` off the engine's loop (blocking I/O such as a reward webhook).
+    """Need: run `fn()` off the engine's loop (I/O such as a reward webhook).
 
-    The result is fn's return value, or the exception it raised (returned, not raised, so
-    the program decides what a failure means). Other requests keep decoding meanwhile.
+    An `async def` fn (or a partial of one) runs on the engine's I/O event loop and is
+    cancelled if its request ends first (client gone, deadline); any other fn runs on a
+    thread pool. The result is fn's return value, or the exception it raised (returned,
+    not raised, so the program decides what a failure means). Other requests keep
+    decoding meanwhile.
     """
 
     fn: Any

@@ -17,12 +17,11 @@ allowlisted URL, run off the engine loop as a `Call` need).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-import time
 from fractions import Fraction
-from urllib.parse import urlsplit
 
 from latent_ops.program import Call, Generate, SamplingParams
 
@@ -31,6 +30,20 @@ MAX_REGEX_LENGTH = 512
 
 class RewardError(RuntimeError):
     """The reward could not be computed (bad reply, timeout, ...)."""
+
+
+# Rewards enter the latent update as float32 (kernels.latent_pg_step): a score must be a
+# number that stays finite there. -1e300 is a finite Python float and -inf in float32.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def checked_reward(value) -> float:
+    """`value` as a float, or RewardError when it is not a number finite in float32."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RewardError(f"reward is not a number: {type(value).__name__}")
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise RewardError(f"reward {value!r} is not finite in float32")
+    return float(value)
 
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
@@ -189,39 +202,15 @@ class SelfReward:
 MAX_WEBHOOK_REPLY_BYTES = 64 * 1024
 
 
-def _origin(url: str):
-    """(scheme, host, port, path) of an http(s) URL, or None for anything else."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    if parts.username is not None or parts.password is not None:
-        return None  # no credentials in URLs: "http://allowed@elsewhere" tricks
-    port = port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname.lower(), port, parts.path or "/"
-
-
-def url_allowed(url: str, allowlist: list[str]) -> bool:
-    """True when `url` has the scheme, host and port of an allowlist entry and its path
-    starts with that entry's path. Hosts compare as written: no DNS lookups here."""
-    got = _origin(url)
-    if got is None:
-        return False
-    for entry in allowlist:
-        want = _origin(entry)
-        if want and got[:3] == want[:3] and got[3].startswith(want[3]):
-            return True
-    return False
-
-
 class WebhookReward:
     """POST `{"prompt", "answer"}` as JSON to `url`; the reply must be `{"reward": x}` with
-    a finite number x. A refused connection, an HTTP error status, a reply over 64 KiB,
-    garbage, or no full reply within `timeout` seconds is a RewardError. Redirects are not
-    followed (they could leave the allowlist)."""
+    x a number finite in float32. A refused connection, an HTTP error status, a reply over
+    64 KiB, garbage, or no full reply within `timeout` seconds of starting (connect,
+    headers and body together: a grader that trickles its reply a byte at a time is cut
+    off there) is a RewardError. Redirects are not followed (they could leave the
+    allowlist), proxies from the environment are not used. The exchange is async I/O on
+    the engine's I/O loop: waiting graders hold no thread, and a request that ends
+    (client gone) cancels its exchange."""
 
     kind = "webhook"
     deterministic = False  # an outside grader may change its mind: always asked
@@ -230,37 +219,41 @@ class WebhookReward:
         self.url = url
         self.timeout = timeout
 
-    def post(self, prompt: str, answer: str) -> float:
-        import httpx
+    async def post(self, prompt: str, answer: str) -> float:
+        import asyncio
 
-        deadline = time.monotonic() + self.timeout
-        body = b""
         try:
-            with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
-                payload = {"prompt": prompt, "answer": answer}
-                with client.stream("POST", self.url, json=payload) as r:
-                    if r.status_code != 200:
-                        raise RewardError(f"webhook answered HTTP {r.status_code}")
-                    for chunk in r.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_WEBHOOK_REPLY_BYTES:
-                            raise RewardError("webhook reply is too large")
-                        if time.monotonic() > deadline:
-                            raise RewardError("webhook timed out")
-        except httpx.HTTPError as exc:
-            raise RewardError(f"webhook unreachable: {type(exc).__name__}") from exc
+            body = await asyncio.wait_for(self._exchange(prompt, answer), self.timeout)
+        except asyncio.TimeoutError as exc:
+            raise RewardError(f"webhook gave no full reply within {self.timeout:g} s") from exc
         try:
             value = json.loads(body)["reward"]
         except (ValueError, KeyError, TypeError) as exc:
             raise RewardError('webhook reply is not {"reward": number}') from exc
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RewardError("webhook reward is not a number")
-        if not math.isfinite(value):
-            raise RewardError("webhook reward is not finite")
-        return float(value)
+        return checked_reward(value)
+
+    async def _exchange(self, prompt: str, answer: str) -> bytes:
+        import httpx
+
+        body = b""
+        try:
+            async with httpx.AsyncClient(
+                timeout=self.timeout, follow_redirects=False, trust_env=False
+            ) as client:
+                payload = {"prompt": prompt, "answer": answer}
+                async with client.stream("POST", self.url, json=payload) as r:
+                    if r.status_code != 200:
+                        raise RewardError(f"webhook answered HTTP {r.status_code}")
+                    async for chunk in r.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_WEBHOOK_REPLY_BYTES:
+                            raise RewardError("webhook reply is too large")
+        except httpx.HTTPError as exc:
+            raise RewardError(f"webhook unreachable: {type(exc).__name__}") from exc
+        return body
 
     def score(self, prompt: str, answer: str):
-        [outcome] = yield [Call(lambda: self.post(prompt, answer))]
+        [outcome] = yield [Call(functools.partial(self.post, prompt, answer))]
         if isinstance(outcome, RewardError):
             raise outcome
         if isinstance(outcome, BaseException):

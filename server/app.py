@@ -2,19 +2,17 @@
 
 Importing this module loads nothing: the model, the runner and the engine thread are
 created in the app's lifespan and torn down with it. Routes for the OpenAI API live in
-`server/openai_routes.py`; this module holds the app-level parts: lifespan, request ids,
-API-key guard, `/health`, `/v1/models` and `/metrics`.
+`server/openai_routes.py`, the middleware in front of every route (request ids, keys,
+body limits) in `server/middleware.py`, uvicorn's settings in `server/transport.py`; this
+module holds the app-level parts: lifespan, `/health`, `/v1/models` and `/metrics`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import signal
 import threading
-import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -24,12 +22,12 @@ from fastapi.responses import JSONResponse, Response
 
 from server.config import ServerConfig
 from server.errors import error_response, install_error_handlers
-from server.logs import request_id
 from server.metrics import Metrics
+from server.middleware import RequestContext
 from server.protocol import ModelCard, ModelList, now
+from server.transport import uvicorn_config
 
 log = logging.getLogger("latentserve")
-access = logging.getLogger("latentserve.access")
 
 
 @dataclass
@@ -42,6 +40,7 @@ class ServerState:
     model_name: str
     max_model_len: int
     metrics: Metrics
+    max_token_chars: int = 1 << 30  # the longest token's text: bounds a prompt's tokens
 
 
 def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
@@ -70,7 +69,17 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         model_name=config.served_model_name or loaded.name,
         max_model_len=engine.runner.max_model_len,
         metrics=metrics,
+        max_token_chars=max_token_chars(loaded.tokenizer),
     )
+
+
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token of `tokenizer` stands for (its vocabulary's longest
+    entry; byte-level entries spell one character per byte, so this bounds the decoded
+    text too), doubled for normalizers that drop characters. A text longer than
+    max_model_len × this cannot fit the context, and is refused before tokenizing."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return 2 * max(1, max((len(p) for p in pieces if p), default=1))
 
 
 def _finished(metrics: Metrics | None, stats) -> None:
@@ -104,76 +113,6 @@ def _device_memory_fn(device, model):
     return lambda: weights  # on the CPU: the weights we hold (the KV cache is transient)
 
 
-class RequestContext:
-    """Pure ASGI middleware (not BaseHTTPMiddleware, which hides client disconnects from the
-    routes): request id (`x-request-id` in and out, and `server.logs.request_id`), the
-    body-size limit (413), bearer keys for /v1/* and /metrics (401), one access log line
-    per request with its status and duration to the last byte."""
-
-    def __init__(self, app, config: ServerConfig):
-        self.app = app
-        self.config = config
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        if len(rid) > 128 or not rid.isprintable():
-            rid = uuid.uuid4().hex  # the id goes into logs and headers: keep it tame
-        scope.setdefault("state", {})["request_id"] = rid
-        request_id.set(rid)
-        start, status = time.monotonic(), [0]
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", rid.encode()),
-                ]
-            await send(message)
-
-        refusal = self._refusal(request)
-        try:
-            if refusal is not None:
-                await refusal(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
-        finally:
-            path = scope.get("path", "")
-            access.info(
-                "%s %s %d",
-                scope.get("method"),
-                path,
-                status[0],
-                extra={
-                    "method": scope.get("method"),
-                    "path": path,
-                    "status": status[0],
-                    "duration_ms": round((time.monotonic() - start) * 1000, 2),
-                },
-            )
-
-    def _refusal(self, request: Request):
-        """An error response when the request must not reach the routes, else None."""
-        config = self.config
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > config.max_request_bytes:
-            return error_response(413, f"request body over {config.max_request_bytes} bytes")
-        path = request.url.path
-        key = config.api_key if path.startswith("/v1/") else None
-        if path == "/metrics":
-            key = config.metrics_api_key
-        if key:
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), key.encode()):
-                return error_response(401, "invalid or missing API key")
-        return None
-
-
 def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     """The app for `config`. `loaded` (a `LoadedModel`) skips loading in the lifespan."""
     metrics = Metrics()
@@ -190,7 +129,8 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
         finally:
             state.engine.shutdown()
 
-    app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan)
+    # No redirect from "/v1/completions/" to "/v1/completions": unknown paths are a JSON 404.
+    app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.metrics = metrics
     install_error_handlers(app)
 
@@ -264,14 +204,5 @@ def serve(config: ServerConfig) -> int:
     except ModelLoadError as exc:
         print(f"latentserve: error: {exc}", file=sys.stderr)
         return 1
-    uv_config = uvicorn.Config(
-        build_app(config, loaded=loaded),
-        host=config.host,
-        port=config.port,
-        log_level=config.log_level,
-        log_config=None,  # keep our handlers (server/logs.py)
-        access_log=False,  # our middleware writes one access line per request, with its id
-        timeout_graceful_shutdown=config.drain_timeout,
-    )
-    _DrainingServer(uv_config).run()
+    _DrainingServer(uvicorn_config(build_app(config, loaded=loaded), config)).run()
     return 0

@@ -75,6 +75,26 @@ class ServerConfig(BaseModel):
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="largest request body in bytes; beyond it, 413"
     )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="seconds a client has to send its whole request body; then 408",
+    )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds a client has to send its request headers; then the connection "
+        "is closed",
+    )
+    max_sequences_per_request: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="largest number of sequences (prompts × n) one request may ask for; "
+        "beyond it, 400",
+    )
     max_refinement_steps: int = Field(
         50, ge=0, description="largest latent.max_steps a request may ask for"
     )
@@ -122,6 +142,16 @@ class ServerConfig(BaseModel):
     def adapter_dirs(self) -> dict[str, str]:
         """`slr_adapter` as name -> directory."""
         return dict(_name_and_dir(item) for item in self.slr_adapter)
+
+    @field_validator("reward_url_allowlist")
+    @classmethod
+    def _allowlist_entries_normalise(cls, items: list[str]) -> list[str]:
+        from latent_ops.urls import invalid_entries
+
+        bad = invalid_entries(items)
+        if bad:
+            raise ValueError(f"entries that can never match (latent_ops/urls.py): {bad}")
+        return items
 
     @field_validator("slr_adapter")
     @classmethod

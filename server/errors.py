@@ -8,6 +8,7 @@ id (`server/logs.py`), the key to the server's log lines about that request.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.logs import request_id
+from server.protocol import REWARD_TYPES
 
 log = logging.getLogger("latentserve.http")
 
@@ -33,7 +35,8 @@ _TYPES = {
 
 
 # Union members that pydantic puts into error locations ("prompt.str"): not fields.
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+# Also the tags of discriminated unions ("latent.reward.webhook.url").
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal", *REWARD_TYPES}
 
 
 class APIError(Exception):
@@ -58,15 +61,26 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
     }
 
 
+class _ASCIIJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error message may quote client
+    text, and escaped, no character (not even a lone surrogate) can fail to encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, message: str, param=None, headers=None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
+    body = error_body(status, message, param)
+    return _ASCIIJSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
-    err = errors[0]
+    # A union field reports one error per member; our own checks (value_error, e.g. a
+    # lone surrogate in prompt[1]) say more than "not a string" from the other member.
+    err = next((e for e in errors if e.get("type") == "value_error"), errors[0])
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     # pydantic adds the union member's type name to the path ("str", "list[str]"); drop it
     loc = [p for p in loc if not any(c in p for c in "[]-") and p not in _TYPE_TAGS]

@@ -71,6 +71,39 @@ def _check_model(name: str | None, state) -> None:
         raise APIError(404, f"The model `{name}` does not exist.", param="model")
 
 
+def _check_sequences(state, count: int) -> None:
+    """400 when a request asks for more sequences (prompts × n) than the server allows."""
+    limit = state.config.max_sequences_per_request
+    if count > limit:
+        raise APIError(
+            400,
+            f"this request asks for {count} sequences (prompts × n); the server's maximum "
+            f"is {limit} (--max-sequences-per-request)",
+            param="n",
+        )
+
+
+def _check_prompt_chars(state, texts: list[str], param: str) -> None:
+    """400, before tokenizing, for text too long to fit the context in any tokenization:
+    no token of this tokenizer spans more than `state.max_token_chars` characters."""
+    limit = state.max_model_len * state.max_token_chars
+    for text in texts:
+        if len(text) > limit:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {state.max_model_len} tokens; a "
+                f"prompt of {len(text)} characters cannot fit (at most {limit}).",
+                param=param,
+            )
+
+
+async def _tokenize(state, texts: list[str], param: str, **kwargs) -> list[list[int]]:
+    """Token ids per text, off the event loop; bounded by `_check_prompt_chars` first."""
+    _check_prompt_chars(state, texts, param)
+    tok = state.tokenizer
+    return await asyncio.to_thread(lambda: [tok(t, **kwargs)["input_ids"] for t in texts])
+
+
 def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -> int:
     """The completion budget for one prompt; 400 when it cannot fit the context."""
     limit = state.max_model_len
@@ -228,7 +261,8 @@ async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
     _check_model(body.model, state)
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    prompts = await asyncio.to_thread(lambda: [state.tokenizer(t)["input_ids"] for t in texts])
+    _check_sequences(state, len(texts) * body.n)
+    prompts = await _tokenize(state, texts, "prompt")
     budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
     program, method = build_program(
         body,
@@ -297,6 +331,7 @@ def _completion_logprobs(tok, entries) -> CompletionLogprobs:
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     _check_model(body.model, state)
+    _check_sequences(state, body.n)
     tok = state.tokenizer
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -309,7 +344,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as exc:  # noqa: BLE001 - templates reject some role orders
         raise APIError(400, f"messages cannot be rendered: {exc}", param="messages") from exc
-    ids = await asyncio.to_thread(lambda: tok(rendered, add_special_tokens=False)["input_ids"])
+    [ids] = await _tokenize(state, [rendered], "messages", add_special_tokens=False)
     max_tokens = body.max_completion_tokens or body.max_tokens
     budget = _budget(state, len(ids), max_tokens, "messages")
     k = (body.top_logprobs or 0) if body.logprobs else None

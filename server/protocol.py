@@ -9,13 +9,31 @@ happens in the routes, not here.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(value: str) -> str:
+    """JSON may spell a lone UTF-16 surrogate ("\\udc00"): no tokenizer, log line or
+    response can encode it as UTF-8, so it is refused where it enters, naming the field."""
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"text holds a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at "
+            f"character {found.start()}: not encodable as UTF-8"
+        )
+    return value
+
+
+# Every free-text field of a request is a `Text`: a str that encodes as UTF-8.
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Strict(BaseModel):
@@ -29,13 +47,13 @@ class StreamOptions(_Strict):
 class ReferenceRewardSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["reference"]
-    reference_answer: str = Field(min_length=1, max_length=256)
+    reference_answer: Text = Field(min_length=1, max_length=256)
 
 
 class RegexRewardSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["regex"]
-    pattern: str = Field(min_length=1, max_length=512)
+    pattern: Text = Field(min_length=1, max_length=512)
 
 
 class SelfRewardSpec(BaseModel):
@@ -47,8 +65,11 @@ class SelfRewardSpec(BaseModel):
 class WebhookRewardSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     type: Literal["webhook"]
-    url: str = Field(min_length=1, max_length=2048)
+    url: Text = Field(min_length=1, max_length=2048)
 
+
+# The `type` tags of the reward union (pydantic puts them into error locations)
+REWARD_TYPES = ("reference", "regex", "self", "webhook")
 
 RewardSpec = Annotated[
     ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec | WebhookRewardSpec,
@@ -85,26 +106,26 @@ class LatentSpec(BaseModel):
     residual: Literal["h0", "prev", "none"] | None = None
     beta: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
     timestep_scale: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
-    adapter: str | None = Field(None, min_length=1, max_length=128)
+    adapter: Text | None = Field(None, min_length=1, max_length=128)
     eta: FiniteFloat | None = Field(None, ge=0.0, le=100.0)
     gamma: FiniteFloat | None = Field(None, ge=0.0, le=1.0)
     return_trace: bool = False
 
 
 class _SamplingRequest(_Strict):
-    model: str | None = Field(None, description="served model id; omitted = the only one")
+    model: Text | None = Field(None, description="served model id; omitted = the only one")
     temperature: FiniteFloat = Field(1.0, ge=0.0, le=2.0)
     top_p: FiniteFloat = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: (
-        Annotated[str, Field(min_length=1, max_length=256)]
-        | Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)]
+        Annotated[Text, Field(min_length=1, max_length=256)]
+        | Annotated[list[Annotated[Text, Field(min_length=1, max_length=256)]], Field(max_length=8)]
         | None
     ) = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     latent: LatentSpec | None = None
 
     def stop_list(self) -> list[str]:
@@ -115,8 +136,8 @@ class _SamplingRequest(_Strict):
 
 class CompletionRequest(_SamplingRequest):
     prompt: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)]
+        Annotated[Text, Field(min_length=1)]
+        | Annotated[list[Annotated[Text, Field(min_length=1)]], Field(min_length=1, max_length=64)]
     )
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -124,12 +145,12 @@ class CompletionRequest(_SamplingRequest):
 
 class TextContentPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
+    content: Text | list[TextContentPart] | None = None
 
     def text(self) -> str:
         if self.content is None:

@@ -23,10 +23,10 @@ from latent_ops.rewards import (
     RegexReward,
     SelfReward,
     WebhookReward,
-    url_allowed,
 )
 from latent_ops.slr import REQUEST_FIELDS as SLR_REQUEST_FIELDS
 from latent_ops.slr import SLRConfig, slr
+from latent_ops.urls import allowed_url
 from server.errors import APIError
 
 
@@ -169,13 +169,15 @@ def make_reward(spec, config, encode_chat):
     if spec.type == "self":
         return SelfReward(encode_chat, config.verifier_max_tokens, spec.format)
     if spec.type == "webhook":
-        if not url_allowed(spec.url, config.reward_url_allowlist):
+        url = allowed_url(spec.url, config.reward_url_allowlist)
+        if url is None:
             raise APIError(
                 400,
-                "latent.reward.url is not on the server's --reward-url-allowlist",
+                "latent.reward.url is not on the server's --reward-url-allowlist (compared "
+                "normalised, path on segment boundaries; no userinfo, query, escapes)",
                 param="latent.reward.url",
             )
-        return WebhookReward(spec.url, config.reward_timeout_s)
+        return WebhookReward(url, config.reward_timeout_s)  # the very string checked
     try:
         return RegexReward(spec.pattern)
     except ValueError as exc:

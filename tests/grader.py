@@ -6,6 +6,10 @@
 /slow      answers after 3 s
 /redirect  302 to /reward (must not be followed)
 /error     HTTP 500
+/huge      {"reward": -1e300}: a finite Python float, -inf in float32
+/trickle   sends its status line and headers one byte a second (for up to 60 s); records
+           in `closed` when the client hung up on it
+/hold      answers after 2 s (a slow but honest grader, for the pool-sharing test)
 """
 
 from __future__ import annotations
@@ -42,6 +46,21 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(3)
             self._send(200, b'{"reward": 0}')
+        elif self.path == "/huge":
+            self._send(200, b'{"reward": -1e300}')
+        elif self.path == "/hold":
+            time.sleep(2)
+            self._send(200, b'{"reward": 0}')
+        elif self.path == "/trickle":
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: x" * 60
+            try:
+                for byte in head:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:  # the client hung up: what a bounded exchange must do
+                self.server.closed.append((self.path, time.monotonic()))
+                self.close_connection = True
         elif self.path == "/redirect":
             self._send(302, b"", {"Location": "/reward"})
         else:
@@ -53,6 +72,7 @@ class Grader:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.calls = []
+        self.httpd.closed = []
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
@@ -60,6 +80,10 @@ class Grader:
     @property
     def calls(self) -> list:
         return self.httpd.calls
+
+    @property
+    def closed(self) -> list:
+        return self.httpd.closed
 
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()

@@ -22,6 +22,8 @@ an `on_finish` callback (metrics live in `server/metrics.py`, not here).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import logging
 import queue
@@ -99,6 +101,7 @@ class _Request:
     seqs: dict[int, tuple[Sequence, int]] = field(default_factory=dict)  # seq_id -> (seq, slot)
     detok: dict[int, _Detok] = field(default_factory=dict)
     started: bool = False
+    calls: list = field(default_factory=list)  # futures of its Calls in flight
 
 
 @dataclass
@@ -140,6 +143,12 @@ class Engine:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._calls = ThreadPoolExecutor(max_workers=16, thread_name_prefix="latentserve-call")
+        # `async def` Calls (reward webhooks) run here: any number wait on I/O at once, and
+        # cancelling one (its request ended) stops its exchange.
+        self._io_loop = asyncio.new_event_loop()
+        self._io_thread = threading.Thread(
+            target=self._io_loop.run_forever, name="latentserve-io", daemon=True
+        )
         self._stop = False
         self.error: BaseException | None = None
 
@@ -147,6 +156,7 @@ class Engine:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="latentserve-engine", daemon=True)
         self._thread.start()
+        self._io_thread.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stop = True
@@ -154,6 +164,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._calls.shutdown(wait=False, cancel_futures=True)
+        if self._io_thread.is_alive():
+            self._io_loop.call_soon_threadsafe(self._io_loop.stop)
         self.runner.shutdown()
 
     @property
@@ -297,10 +309,18 @@ class Engine:
             return
         try:
             self._latent_update_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - a failed update fails its requests only
-            log.exception("latent update failed")
-            for req, _, _ in batch:
-                self._fail(req, exc)
+        except Exception as exc:  # noqa: BLE001 - isolate: each request's rows alone
+            if len(batch) == 1:
+                log.exception("latent update failed")
+                self._fail(batch[0][0], exc)
+                return
+            log.warning("batched latent update failed (%s); retrying per request", exc)
+            for item in batch:
+                try:
+                    self._latent_update_batch([item])
+                except Exception as alone:  # noqa: BLE001 - fails its own request only
+                    log.exception("latent update of %s failed", item[0].request_id)
+                    self._fail(item[0], alone)
 
     def _latent_update_batch(self, batch) -> None:
         weight = self.runner.lm_head.weight
@@ -329,9 +349,19 @@ class Engine:
         )
         if self.on_latent_update is not None:
             self.on_latent_update(time.perf_counter() - start, z.shape[0])
-        for (req, slot, u), zs, ms, vs, ts in zip(
-            batch, z.split(sizes), m.split(sizes), v.split(sizes), tokens.cpu().split(sizes)
+        # per request: are all its rows finite after the step? (one host sync for all)
+        finite = torch.stack(
+            [
+                torch.isfinite(zs).all() & torch.isfinite(ms).all() & torch.isfinite(vs).all()
+                for zs, ms, vs in zip(z.split(sizes), m.split(sizes), v.split(sizes))
+            ]
+        ).tolist()
+        for (req, slot, u), zs, ms, vs, ts, ok in zip(
+            batch, z.split(sizes), m.split(sizes), v.split(sizes), tokens.cpu().split(sizes), finite
         ):
+            if not ok:  # its own reward or state broke it: its rows stay as they were
+                self._resolve(req, slot, FloatingPointError("latent update is not finite"))
+                continue
             u.z.copy_(zs)
             u.exp_avg.copy_(ms)
             u.exp_avg_sq.copy_(vs)
@@ -370,17 +400,33 @@ class Engine:
             self._fail(req, exc)
 
     def _start_call(self, req: _Request, slot: int, need: Call) -> None:
-        """Run need.fn on the call pool; its outcome comes back through the inbox."""
+        """Run need.fn off the engine loop: an `async def` on the I/O loop, anything else
+        on the call pool. Its outcome comes back through the inbox; when the request
+        ends first, `_finish` cancels it."""
 
-        def run():
-            try:
-                outcome = need.fn()
-            except Exception as exc:  # noqa: BLE001 - the program judges the failure
-                outcome = exc
+        def deliver(outcome) -> None:
             self._inbox.put(("called", (req, slot, outcome)))
             self._wake.set()
 
-        self._calls.submit(run)
+        if inspect.iscoroutinefunction(need.fn):
+            future = asyncio.run_coroutine_threadsafe(need.fn(), self._io_loop)
+
+            def done(f) -> None:
+                if not f.cancelled():
+                    deliver(f.exception() or f.result())
+
+            future.add_done_callback(done)
+        else:
+
+            def run():
+                try:
+                    outcome = need.fn()
+                except Exception as exc:  # noqa: BLE001 - the program judges the failure
+                    outcome = exc
+                deliver(outcome)
+
+            future = self._calls.submit(run)
+        req.calls = [f for f in req.calls if not f.done()] + [future]
 
     def _start_generate(self, req: _Request, slot: int, need: Generate) -> None:
         params, prefix = need.params, list(need.prefix_ids)
@@ -481,6 +527,8 @@ class Engine:
             self.runner.abort(seq)
             self._owner.pop(seq_id, None)
         req.seqs.clear()
+        for call in req.calls:  # a webhook still waiting for its grader stops here
+            call.cancel()
         self.runner.release(req.request_id)
         if not req.started:
             with self._lock:

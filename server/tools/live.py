@@ -16,9 +16,20 @@ import uvicorn
 
 
 class LiveServer:
-    def __init__(self, app):
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
+    """`app` under uvicorn on a free loopback port. With `config` (a ServerConfig), uvicorn
+    runs as `latentserve serve` runs it (server/transport.py: header timeout); without,
+    a stock uvicorn."""
+
+    def __init__(self, app, config=None):
+        if config is not None:
+            from server.transport import uvicorn_config
+
+            settings = uvicorn_config(
+                app, config, host="127.0.0.1", port=0, log_level="warning", log_config=None
+            )
+        else:
+            settings = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(settings)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

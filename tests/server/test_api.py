@@ -273,7 +273,7 @@ LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer"
         ({**LS, "surprise": 1}, "latent.surprise"),
         (
             {"method": "latentseek", "reward": {"type": "reference"}},
-            "latent.reward.reference.reference_answer",
+            "latent.reward.reference_answer",
         ),
         ({"method": "latentseek", "reward": {"type": "karma"}}, "latent.reward"),
         (
@@ -282,7 +282,7 @@ LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer"
         ),
         (
             {"method": "latentseek", "reward": {"type": "regex", "pattern": "a" * 600}},
-            "latent.reward.regex.pattern",
+            "latent.reward.pattern",
         ),
         ({"method": "slr", "max_loops": -1}, "latent.max_loops"),
         ({"method": "slr", "max_loops": 17}, "latent.max_loops"),
