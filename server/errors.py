@@ -26,6 +26,7 @@ _TYPES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     413: "RequestTooLarge",
     415: "UnsupportedMediaType",
     429: "RateLimitError",

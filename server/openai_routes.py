@@ -54,7 +54,7 @@ from server.refinement import build_program, chat_encoder
 router = APIRouter()
 _ERRORS = {
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream: true"},
-    **{code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 500, 503)},
+    **{code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 500, 503)},
 }
 
 
