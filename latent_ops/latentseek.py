@@ -37,8 +37,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from latent_ops.choices import Select
 from latent_ops.program import Generate, Generation, SamplingParams
-from latent_ops.rewards import RewardError, checked_reward
+from latent_ops.rewards import Reward, RewardError, checked_reward
 from latent_ops.telemetry import Trace
 
 
@@ -49,7 +50,7 @@ class LatentSeekConfig:
     fraction: float = 0.1
     max_update_tokens: int = 300
     threshold: float = -0.2
-    select: str = "best"  # "best" | "last"
+    select: Select = "best"
     time_budget_ms: float | None = None
     return_trace: bool = False  # put the latent trajectory in the response
     # Steps whose continuations may decode together when the reward allows speculation
@@ -115,7 +116,7 @@ def latentseek(
     prompt_text: str,
     params: SamplingParams,
     cfg: LatentSeekConfig,
-    reward,
+    reward: Reward,
     clock=time.monotonic,
 ):
     """The LatentSeek program. `params` must be greedy; `reward.score` is a sub-program."""
@@ -213,7 +214,7 @@ def latentseek(
                 out.reused_answers += 1
             out.steps = step
             try:
-                if getattr(reward, "deterministic", False) and answer.text in scores:
+                if reward.deterministic and answer.text in scores:
                     r = scores[answer.text]
                 else:
                     r = checked_reward((yield from reward.score(prompt_text, answer.text)))
@@ -231,10 +232,10 @@ def latentseek(
     return done("max_steps", chosen())
 
 
-def speculation_value(reward, threshold: float) -> float | None:
+def speculation_value(reward: Reward, threshold: float) -> float | None:
     """The one score `reward` can give at or below `threshold`, or None when there is not
     exactly one (or the reward does not list its `values`)."""
-    values = getattr(reward, "values", None)
+    values = reward.values
     if values is None:
         return None
     below = {v for v in values if v <= threshold}

@@ -1,12 +1,14 @@
 """Rewards for refinement, and final-answer extraction.
 
-A reward is an object with `score(prompt, answer)`: a sub-program (generator) that may
-yield needs (a reward that asks the model something) and returns a float, and a
-`deterministic` flag (the same text always gets the same score, so a refinement may reuse
-a score instead of asking again), optionally `values`, every score it can give (a reward
-with one failing value lets LatentSeek speculate, see `latent_ops/latentseek.py`); use it with
-`reward = yield from r.score(prompt, answer)`. A reward that cannot be computed raises
-`RewardError`; the refinement then stops with `stopped_reason: "reward_error"`.
+A reward implements the `Reward` protocol: `score(prompt, answer)` is a sub-program
+(generator) that may yield needs (a reward that asks the model something) and returns a
+float; `deterministic` says the same text always gets the same score (so a refinement may
+reuse a score instead of asking again); `values` is every score it can give, or None when
+they are not few (a reward with one failing value lets LatentSeek speculate, see
+`latent_ops/latentseek.py`). Use it as `r = yield from reward.score(prompt, answer)`. A
+reward that cannot be computed raises `RewardError`, and so does a score that is not finite
+in float32 (`checked_reward`); the refinement then stops with `stopped_reason:
+"reward_error"`.
 
 Implemented: `reference` (0 if the extracted final answer equals the reference, else -1;
 the paper's perfect sparse reward), `regex` (0 when the answer matches, else -1;
@@ -21,11 +23,30 @@ import functools
 import json
 import math
 import re
+from collections.abc import Generator
 from fractions import Fraction
+from typing import Protocol
 
 from latent_ops.program import Call, Generate, SamplingParams
 
 MAX_REGEX_LENGTH = 512
+
+
+class Reward(Protocol):
+    """What refinement methods ask of a reward (see the module docstring)."""
+
+    kind: str  # RewardType: the name requests use
+    deterministic: bool
+    values: tuple[float, ...] | None
+
+    def score(self, prompt: str, answer: str) -> Generator[list, list, float]: ...
+
+
+def immediate(value: float) -> Generator[list, list, float]:
+    """The sub-program of a score that needs nothing from the model:
+    `yield from immediate(x)` is x, and yields nothing."""
+    return value
+    yield  # unreachable: it makes this function a generator
 
 
 class RewardError(RuntimeError):
@@ -108,8 +129,11 @@ class ReferenceReward:
         self.reference = extract_answer(reference_answer) or reference_answer.strip()
 
     def score(self, prompt: str, answer: str):
-        return 0.0 if answers_equal(extract_answer(answer), self.reference) else -1.0
-        yield  # a generator that needs nothing from the model
+        return (
+            yield from immediate(
+                0.0 if answers_equal(extract_answer(answer), self.reference) else -1.0
+            )
+        )
 
 
 class RegexReward:
@@ -121,8 +145,7 @@ class RegexReward:
         self.pattern = compile_regex(pattern)
 
     def score(self, prompt: str, answer: str):
-        return 0.0 if self.pattern.search(answer) else -1.0
-        yield
+        return (yield from immediate(0.0 if self.pattern.search(answer) else -1.0))
 
 
 def compile_regex(pattern: str):
@@ -168,6 +191,7 @@ class SelfReward:
 
     kind = "self"
     deterministic = True  # greedy verifiers
+    values = None  # sixths from -8/6 to 0
 
     def __init__(self, encode_chat, max_tokens: int = 128, format: str | None = None):
         self.encode_chat = encode_chat
@@ -214,6 +238,7 @@ class WebhookReward:
 
     kind = "webhook"
     deterministic = False  # an outside grader may change its mind: always asked
+    values = None
 
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url

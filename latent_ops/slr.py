@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from latent_ops.choices import ExitCriterion, Feedback, Layout, Residual
 from latent_ops.latentseek import Refined
 from latent_ops.program import Generate, SamplingParams
 from latent_ops.telemetry import Trace
@@ -67,21 +68,18 @@ REQUEST_FIELDS = (
     "eta",
     "gamma",
 )
-FEEDBACKS = ("hidden", "soft", "hybrid")
-RESIDUALS = ("h0", "prev", "none")
-CRITERIA = ("latent_diff", "kl", "entropy", "argmax")
 
 
 @dataclass
 class SLRConfig:
-    layout: str = "thoughts"  # "thoughts" | "recurrent"
+    layout: Layout = "thoughts"
     max_loops: int = 4
-    feedback: str = "soft"
-    residual: str = "none"
+    feedback: Feedback = "soft"
+    residual: Residual = "none"
     beta: float = 0.1
     timestep_scale: float = 0.0
     temperature: float = 1.0  # τ of the soft feedback
-    exit_criterion: str | None = None  # None: always run max_loops
+    exit_criterion: ExitCriterion | None = None  # None: always run max_loops
     exit_threshold: float | None = None
     time_budget_ms: float | None = None
     return_trace: bool = False  # put the loop states' trajectory in the response

@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from latent_ops.choices import REWARD_TYPES
 from server.logs import request_id
-from server.protocol import REWARD_TYPES
 
 log = logging.getLogger("latentserve.http")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from latent_ops.choices import METHODS  # "none" = plain generation
+
 # Explicit buckets sized to each range: plain requests take ms to minutes on a CPU,
 # refinement seconds to many minutes, a latent update microseconds to seconds.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -24,7 +26,6 @@ COSINE_BUCKETS = (-0.5, 0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1)
 DISTANCE_BUCKETS = (0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 P = "latentserve:"
-METHODS = ("none", "latentseek", "slr", "contrastive")  # "none" = plain generation
 
 
 class Metrics:

@@ -49,7 +49,7 @@ from server.protocol import (
     new_id,
     now,
 )
-from server.refinement import build_program, chat_encoder
+from server.refinement import PromptRecord, build_program, chat_encoder
 
 router = APIRouter()
 _ERRORS = {
@@ -234,6 +234,20 @@ async def _sse(sub: _Submission, on_event: Callable, on_done: Callable) -> Async
             sub.engine.cancel(sub.request_id)
 
 
+def _closing_chunks(output, body, prompt_tokens: int, chunk, answer, finish):
+    """The chunks that end a stream, for both routes: a refined answer's text (it streams
+    once refinement ends: `answer(i, generation)` gives its chunks), each choice's finish
+    reason with the latent summary (`finish(i, generation)` gives the choice), then usage
+    when `stream_options.include_usage` asks for it."""
+    results, latent, refinement = _unpack(output)
+    for i, r in enumerate(results):
+        if latent is not None:
+            yield from answer(i, r)
+        yield chunk([finish(i, r)], latent=latent)
+    if body.stream_options and body.stream_options.include_usage:
+        yield chunk([], usage=_usage(results, prompt_tokens, refinement))
+
+
 def _chunker(cls, rid: str, created: int, model: str):
     """chunk(choices, usage=None, latent=None) -> JSON of one stream chunk of type `cls`;
     `usage` and `latent` appear only on the chunks that carry them."""
@@ -262,19 +276,20 @@ async def completions(body: CompletionRequest, request: Request):
     _check_model(body.model, state)
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     _check_sequences(state, len(texts) * body.n)
-    prompts = await _tokenize(state, texts, "prompt")
-    budgets = [_budget(state, len(p), body.max_tokens, "prompt") for p in prompts]
+    ids = await _tokenize(state, texts, "prompt")
+    prompts = [
+        PromptRecord(p, text, _budget(state, len(p), body.max_tokens, "prompt"))
+        for p, text in zip(ids, texts)
+    ]
     program, method = build_program(
         body,
         state.config,
         prompts,
-        texts,
-        budgets,
         body.logprobs,
         chat_encoder(state.tokenizer),
         state.engine.adapters,
     )
-    prompt_tokens = sum(len(p) for p in prompts)
+    prompt_tokens = sum(len(p) for p in ids)
     sub = _submit(request, state, program, method=method)
     rid, created, tok = new_id("cmpl"), now(), state.tokenizer
 
@@ -304,15 +319,14 @@ async def completions(body: CompletionRequest, request: Request):
         yield chunk([CompletionChoice(index=d.index, text=d.text, logprobs=lp)])
 
     def on_done(output):
-        results, latent, refinement = _unpack(output)
-        for i, r in enumerate(results):
-            if latent is not None:  # refined: the answer streams once refinement ends
-                yield chunk([choice(i, r, finish=False)])
-            yield chunk(
-                [CompletionChoice(index=i, text="", finish_reason=_finish_reason(r))], latent=latent
-            )
-        if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(results, prompt_tokens, refinement))
+        yield from _closing_chunks(
+            output,
+            body,
+            prompt_tokens,
+            chunk,
+            answer=lambda i, r: [chunk([choice(i, r, finish=False)])],
+            finish=lambda i, r: CompletionChoice(index=i, text="", finish_reason=_finish_reason(r)),
+        )
 
     return _streaming_response(_sse(sub, on_event, on_done))
 
@@ -352,9 +366,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     program, method = build_program(
         body,
         state.config,
-        [ids],
-        [question],
-        [budget],
+        [PromptRecord(ids, question, budget)],
         k,
         chat_encoder(state.tokenizer),
         state.engine.adapters,
@@ -397,16 +409,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         yield from delta(d.index, d.text, lp)
 
     def on_done(output):
-        results, latent, refinement = _unpack(output)
-        for i, r in enumerate(results):
-            if latent is not None:  # refined: the answer streams once refinement ends
-                yield from delta(i, r.text)
-            yield chunk(
-                [ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=_finish_reason(r))],
-                latent=latent,
-            )
-        if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage=_usage(results, len(ids), refinement))
+        yield from _closing_chunks(
+            output,
+            body,
+            len(ids),
+            chunk,
+            answer=lambda i, r: delta(i, r.text),
+            finish=lambda i, r: ChatChunkChoice(
+                index=i, delta=DeltaMessage(), finish_reason=_finish_reason(r)
+            ),
+        )
 
     return _streaming_response(_sse(sub, on_event, on_done))
 

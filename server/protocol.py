@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from latent_ops.choices import ExitCriterion, Feedback, Layout, Method, Residual, Select
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -68,9 +70,6 @@ class WebhookRewardSpec(BaseModel):
     url: Text = Field(min_length=1, max_length=2048)
 
 
-# The `type` tags of the reward union (pydantic puts them into error locations)
-REWARD_TYPES = ("reference", "regex", "self", "webhook")
-
 RewardSpec = Annotated[
     ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec | WebhookRewardSpec,
     Field(discriminator="type"),
@@ -79,7 +78,7 @@ RewardSpec = Annotated[
 
 class ExitSpec(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
-    criterion: Literal["latent_diff", "kl", "entropy", "argmax"]
+    criterion: ExitCriterion
     threshold: FiniteFloat = Field(ge=0.0)
 
 
@@ -89,21 +88,21 @@ class LatentSpec(BaseModel):
     `latent_ops.slr.SLRConfig`); server flags cap them."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
-    method: Literal["none", "latentseek", "slr", "contrastive"] = "none"
+    method: Method = "none"
     max_steps: int | None = Field(None, ge=0)
     lr: FiniteFloat | None = Field(None, gt=0.0, le=10.0)
     fraction: FiniteFloat | None = Field(None, gt=0.0, le=1.0)
     max_update_tokens: int | None = Field(None, ge=1)
     threshold: FiniteFloat | None = None
-    select: Literal["best", "last"] | None = None
+    select: Select | None = None
     time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
     reward: RewardSpec | None = None
     # SLR
-    layout: Literal["thoughts", "recurrent"] | None = None
+    layout: Layout | None = None
     max_loops: int | None = Field(None, ge=0)
     exit: ExitSpec | None = None
-    feedback: Literal["hidden", "soft", "hybrid"] | None = None
-    residual: Literal["h0", "prev", "none"] | None = None
+    feedback: Feedback | None = None
+    residual: Residual | None = None
     beta: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
     timestep_scale: FiniteFloat | None = Field(None, ge=0.0, le=10.0)
     adapter: Text | None = Field(None, min_length=1, max_length=128)

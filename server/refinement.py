@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import Generate, SamplingParams, plain_generation
@@ -52,13 +52,24 @@ def chat_encoder(tokenizer):
     return encode
 
 
-def build_program(
-    body, config, prompts, prompt_texts, budgets, logprobs, encode_chat=None, adapters=None
-):
-    """prompts: token ids per prompt; prompt_texts: what a reward sees; budgets: max_tokens.
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt of a request: its token ids, the text a reward sees as the question
+    (the prompt, or a chat's last user message) and its completion budget (max_tokens)."""
 
-    encode_chat(messages) -> token ids renders verifier prompts for the self reward;
-    adapters: the engine's SLR loop adapters by name.
+    ids: list[int]
+    text: str
+    max_tokens: int
+
+
+def build_program(
+    body, config, prompts: list[PromptRecord], logprobs, encode_chat=None, adapters=None
+):
+    """The program for a request body and its prompts, and the method name for metrics.
+
+    logprobs: per-token logprobs to return (None: none); encode_chat(messages) -> token ids
+    renders verifier prompts for the self reward; adapters: the engine's SLR loop adapters
+    by name.
     """
     spec = body.latent
     timeout = config.request_timeout
@@ -66,26 +77,27 @@ def build_program(
         deadline = None if timeout is None else time.monotonic() + timeout
         needs = [
             Generate(
-                ids,
-                sampling_params(body, budgets[i], logprobs, j, deadline),
+                p.ids,
+                sampling_params(body, p.max_tokens, logprobs, j, deadline),
                 stream_index=i * body.n + j if body.stream else None,
             )
-            for i, ids in enumerate(prompts)
+            for i, p in enumerate(prompts)
             for j in range(body.n)
         ]
         return plain_generation(needs), "none"
-    if len(prompts) != 1 or body.n != 1:
+    [prompt] = prompts if len(prompts) == 1 else [None]
+    if prompt is None or body.n != 1:
         raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
     if spec.method in ("slr", "contrastive"):
         deadline = None if timeout is None else time.monotonic() + timeout
-        params = sampling_params(body, budgets[0], None, deadline=deadline)
-        return slr(prompts[0], params, slr_config(spec, config, adapters or {})), spec.method
+        params = sampling_params(body, prompt.max_tokens, None, deadline=deadline)
+        return slr(prompt.ids, params, slr_config(spec, config, adapters or {})), spec.method
     if spec.reward is None:
         raise APIError(400, "latentseek needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
     reward = make_reward(spec.reward, config, encode_chat)
-    params = sampling_params(body, budgets[0], None)
-    return latentseek(prompts[0], prompt_texts[0], params, cfg, reward), "latentseek"
+    params = sampling_params(body, prompt.max_tokens, None)
+    return latentseek(prompt.ids, prompt.text, params, cfg, reward), "latentseek"
 
 
 def latentseek_config(spec, config) -> LatentSeekConfig:

@@ -26,16 +26,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from latent_ops.choices import Feedback, Method, Residual, Select
+from latent_ops.latentseek import LatentSeekConfig
 from server.tools.problems import Problem, load_problems
 
 INSTRUCTION = "\nPut the final answer in \\boxed{}."
+_LS = LatentSeekConfig()
 
 
 class EvalConfig(BaseModel):
     data: str = Field(description="a GSM8K-format JSONL file, or synthetic:N[,seed=S][,steps=A-B]")
-    method: Literal["none", "latentseek", "slr", "contrastive"] = Field(
-        "latentseek", description="refinement"
-    )
+    method: Method = Field("latentseek", description="refinement")
     reward: Literal["reference", "self"] = Field("reference", description="LatentSeek reward")
     limit: int | None = Field(None, ge=1, description="first N problems only")
     out: str = Field("eval-report.json", description="JSON report; the plot goes beside it")
@@ -46,17 +47,18 @@ class EvalConfig(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
     concurrency: int = Field(16, ge=1, description="requests in flight with --url")
     max_tokens: int = Field(96, ge=1, description="answer tokens per problem")
-    max_steps: int = Field(10, ge=0, description="LatentSeek step budget")
-    lr: float = Field(0.03, gt=0, description="LatentSeek learning rate")
-    fraction: float = Field(0.1, gt=0, le=1, description="LatentSeek fraction of latents")
-    threshold: float = Field(-0.2, description="LatentSeek stops when reward > threshold")
-    select: Literal["best", "last"] = Field("best", description="answer returned")
+    # LatentSeek's defaults are the method's own (latent_ops.latentseek.LatentSeekConfig)
+    max_steps: int = Field(_LS.max_steps, ge=0, description="LatentSeek step budget")
+    lr: float = Field(_LS.lr, gt=0, description="LatentSeek learning rate")
+    fraction: float = Field(_LS.fraction, gt=0, le=1, description="LatentSeek fraction of latents")
+    threshold: float = Field(_LS.threshold, description="LatentSeek stops when reward > threshold")
+    select: Select = Field(_LS.select, description="answer returned")
     verifier_max_tokens: int = Field(64, ge=1, description="self-reward verifier tokens")
     max_loops: int | None = Field(
         None, ge=0, description="SLR loops (default: 4, or the adapter's)"
     )
-    feedback: Literal["hidden", "soft", "hybrid"] | None = Field(None, description="SLR feedback")
-    residual: Literal["h0", "prev", "none"] | None = Field(None, description="SLR loop residual")
+    feedback: Feedback | None = Field(None, description="SLR feedback")
+    residual: Residual | None = Field(None, description="SLR loop residual")
     beta: float | None = Field(None, ge=0, description="SLR residual weight")
     timestep_scale: float | None = Field(None, ge=0, description="SLR timestep embedding scale")
     slr_adapter: str | None = Field(
@@ -118,7 +120,7 @@ def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[d
     from server.engine.engine import build_engine, run_programs
     from server.engine.loader import load_model
     from server.protocol import ChatCompletionRequest
-    from server.refinement import build_program, chat_encoder
+    from server.refinement import PromptRecord, build_program, chat_encoder
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     encode = chat_encoder(loaded.tokenizer)
@@ -140,9 +142,8 @@ def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[d
         request = request_body(cfg, p)
         body = ChatCompletionRequest.model_validate(request)
         ids = encode(request["messages"])
-        program, _ = build_program(
-            body, limits, [ids], [question_text(p)], [cfg.max_tokens], None, encode, engine.adapters
-        )
+        prompt = PromptRecord(ids, question_text(p), cfg.max_tokens)
+        program, _ = build_program(body, limits, [prompt], None, encode, engine.adapters)
         programs.append(program)
     start = time.monotonic()
     finished = [0.0] * len(problems)

@@ -1,0 +1,31 @@
+"""Every list of choices a request, a flag or a metric label may name, in one place.
+
+A field that takes one of these is typed with the `Literal` here (server/protocol.py,
+the eval and training configs), and code that enumerates them (metrics, validation)
+reads the tuple next to it, so adding a method or a reward is one edit. Nothing here
+runs anything.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# Refinement methods; "none" is plain generation.
+Method = Literal["none", "latentseek", "slr", "contrastive"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+# Reward kinds (latent_ops/rewards.py); `RewardType` tags the request's reward object.
+RewardType = Literal["reference", "regex", "self", "webhook"]
+REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
+
+# LatentSeek: which answer a refinement returns.
+Select = Literal["best", "last"]
+
+# SLR (latent_ops/slr.py)
+Layout = Literal["thoughts", "recurrent"]
+Feedback = Literal["hidden", "soft", "hybrid"]
+FEEDBACKS: tuple[str, ...] = get_args(Feedback)
+Residual = Literal["h0", "prev", "none"]
+RESIDUALS: tuple[str, ...] = get_args(Residual)
+ExitCriterion = Literal["latent_diff", "kl", "entropy", "argmax"]
+CRITERIA: tuple[str, ...] = get_args(ExitCriterion)
