@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from latent_ops.choices import Select
-from latent_ops.program import Generate, Generation, SamplingParams
+from latent_ops.program import Generate, Generation, LatentUpdate, SamplingParams
 from latent_ops.rewards import Reward, RewardError, checked_reward
 from latent_ops.telemetry import Trace
 
@@ -56,23 +56,6 @@ class LatentSeekConfig:
     # Steps whose continuations may decode together when the reward allows speculation
     # (see the module docstring); 1 = one step at a time. A server setting, not per request.
     speculative_steps: int = 1
-
-
-@dataclass
-class LatentUpdate:
-    """Need: one Adam step on the rows of `z` under `reward`; result: argmax tokens [U].
-
-    z, exp_avg, exp_avg_sq: [U, d] float32, owned by the program, updated in place. When
-    the step would leave a row non-finite, nothing is updated and the result is a
-    FloatingPointError (the program stops with `reward_error`; no other request is hurt).
-    """
-
-    z: torch.Tensor
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    reward: float
-    lr: float
-    step: int
 
 
 @dataclass
@@ -95,6 +78,11 @@ class Refined:
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
     trace: Trace | None = None  # latent telemetry (latent_ops.telemetry)
     return_trace: bool = False  # the summary carries the whole trace
+
+    @property
+    def choices(self) -> list[Generation]:
+        """The response's choices (Output): the one chosen answer."""
+        return [self.generation]
 
     def summary(self) -> dict:
         return {

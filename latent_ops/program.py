@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 
 @dataclass
@@ -100,14 +102,62 @@ class Call:
     fn: Any
 
 
-# A need is a Generate, a Call or a latent update (latent_ops.latentseek.LatentUpdate); the
-# engine answers a Generate with a Generation, a Call with fn's outcome and a
-# LatentUpdate with a token tensor.
-# yields list[need], is sent list[result], returns the request's output
-Program = Generator[list[Any], list[Any], Any]
+@dataclass
+class LatentUpdate:
+    """Need: one Adam step on the rows of `z` under `reward`; result: argmax tokens [U].
+
+    z, exp_avg, exp_avg_sq: [U, d] float32, owned by the program, updated in place. When
+    the step would leave a row non-finite, nothing is updated and the result is a
+    FloatingPointError (the program stops with `reward_error`; no other request is hurt).
+    """
+
+    z: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    reward: float
+    lr: float
+    step: int
+
+
+# What a program may ask for. The engine answers a Generate with a Generation, a Call with
+# fn's outcome and a LatentUpdate with a token tensor [U] (or a FloatingPointError).
+Need = Generate | Call | LatentUpdate
+
+
+class Output(Protocol):
+    """What every program returns: plain generation (`Choices`) and refinement
+    (`latent_ops.latentseek.Refined`) alike, so the engine, the routes and eval read one
+    shape."""
+
+    refinement_tokens: int  # tokens generated beyond the returned choices
+
+    @property
+    def choices(self) -> list[Generation]: ...
+
+    def summary(self) -> dict | None:
+        """The response's `latent` object; None for plain generation."""
+        ...
+
+
+class Choices(list):
+    """Plain generation's output: the generations themselves (a list, one per prompt ×
+    choice) with the `Output` interface."""
+
+    refinement_tokens = 0
+
+    @property
+    def choices(self) -> list[Generation]:
+        return list(self)
+
+    def summary(self) -> None:
+        return None
+
+
+# yields list[Need], is sent one result per need, returns an Output
+Program = Generator[list[Need], list[Any], Output]
 
 
 def plain_generation(needs: list[Generate]) -> Program:
     """The one-step program: decode every need (e.g. the n choices × prompts) at once."""
     results = yield needs
-    return results
+    return Choices(results)

@@ -131,9 +131,7 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
 
 def _unpack(output) -> tuple[list[Generation], dict | None, int]:
     """A program's output as (choices, latent summary or None, refinement tokens)."""
-    if isinstance(output, list):
-        return output, None, 0
-    return [output.generation], output.summary(), output.refinement_tokens
+    return output.choices, output.summary(), output.refinement_tokens
 
 
 def _usage(results: list[Generation], prompt_tokens: int, refinement_tokens: int = 0) -> Usage:

@@ -161,17 +161,10 @@ def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[d
     for output, seconds in zip(outputs, finished):
         if isinstance(output, BaseException):
             raise RuntimeError(f"a problem failed: {output!r}") from output
-        if isinstance(output, list):
-            records.append({"text": output[0].text, "latent": None, "seconds": seconds})
-        else:
-            records.append(
-                {
-                    "text": output.generation.text,
-                    "latent": output.summary(),
-                    "candidates": output.candidates,
-                    "seconds": seconds,
-                }
-            )
+        record = {"text": output.choices[0].text, "latent": output.summary(), "seconds": seconds}
+        if record["latent"] is not None:
+            record["candidates"] = output.candidates
+        records.append(record)
     return records
 
 
