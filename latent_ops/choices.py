@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# Refinement methods; "none" is plain generation.
-Method = Literal["none", "latentseek", "slr", "contrastive"]
+# Refinement methods; "none" is plain generation. best_of_n and self_consistency are the
+# token-space baselines (latent_ops/sampling.py).
+Method = Literal["none", "latentseek", "slr", "contrastive", "best_of_n", "self_consistency"]
+SAMPLING_METHODS = ("best_of_n", "self_consistency")
 METHODS: tuple[str, ...] = get_args(Method)
 
 # Reward kinds (latent_ops/rewards.py); `RewardType` tags the request's reward object.
-RewardType = Literal["reference", "regex", "self", "webhook"]
+RewardType = Literal["reference", "regex", "self", "webhook", "arithmetic", "consistency"]
 REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
 
 # LatentSeek: which answer a refinement returns.

@@ -76,6 +76,7 @@ class Refined:
     reused_answers: int = 0  # steps whose prefix matched an answer already decoded
     discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
+    sampling: dict | None = None  # best_of_n, self_consistency: samples, vote_share
     trace: Trace | None = None  # latent telemetry (latent_ops.telemetry)
     return_trace: bool = False  # the summary carries the whole trace
 
@@ -95,6 +96,7 @@ class Refined:
             "update_tokens": self.update_tokens,
             "refinement_time_ms": round(self.refinement_time_ms, 3),
             **(self.loops or {}),
+            **(self.sampling or {}),
             **({"trace": self.trace.summary()} if self.trace and self.return_trace else {}),
         }
 
@@ -118,6 +120,7 @@ def latentseek(
     def done(reason: str, chosen: Generation) -> Refined:
         out.stopped_reason, out.generation = reason, chosen
         out.refinement_time_ms = (clock() - start) * 1000
+        out.refinement_tokens += reward.tokens  # what the reward generated (verifiers, samples)
         return out
 
     if first.finish_reason == "deadline":

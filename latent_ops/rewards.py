@@ -38,6 +38,7 @@ class Reward(Protocol):
     kind: str  # RewardType: the name requests use
     deterministic: bool
     values: tuple[float, ...] | None
+    tokens: int  # tokens the reward has generated so far (verifiers, samples): usage
 
     def score(self, prompt: str, answer: str) -> Generator[list, list, float]: ...
 
@@ -110,6 +111,16 @@ def _as_number(value: str) -> Fraction | None:
         return None
 
 
+def answer_key(text: str) -> str | None:
+    """A solution's final answer in a canonical form: equal keys exactly when
+    `answers_equal` holds ("1,200" and "1200.0" both give "1200"); None without one."""
+    answer = extract_answer(text)
+    if answer is None:
+        return None
+    number = _as_number(answer)
+    return str(number) if number is not None else answer.strip()
+
+
 def answers_equal(a: str | None, b: str | None) -> bool:
     """Numbers compare numerically ("1,200" == "1200.0"); anything else as stripped text."""
     if a is None or b is None:
@@ -124,6 +135,7 @@ class ReferenceReward:
     kind = "reference"
     deterministic = True  # the same text always scores the same
     values = (0.0, -1.0)  # every score it can give (lets LatentSeek speculate on failure)
+    tokens = 0  # asks the model nothing
 
     def __init__(self, reference_answer: str):
         self.reference = extract_answer(reference_answer) or reference_answer.strip()
@@ -140,6 +152,7 @@ class RegexReward:
     kind = "regex"
     deterministic = True
     values = (0.0, -1.0)
+    tokens = 0
 
     def __init__(self, pattern: str):
         self.pattern = compile_regex(pattern)
@@ -192,6 +205,7 @@ class SelfReward:
     kind = "self"
     deterministic = True  # greedy verifiers
     values = None  # sixths from -8/6 to 0
+    tokens = 0  # the verifiers' generated tokens, summed over its scores
 
     def __init__(self, encode_chat, max_tokens: int = 128, format: str | None = None):
         self.encode_chat = encode_chat
@@ -216,6 +230,7 @@ class SelfReward:
             for _, question in VERIFIERS
         ]
         results = yield needs
+        self.tokens += sum(len(r.token_ids) for r in results)
         failed = sum(w for (w, _), r in zip(VERIFIERS, results) if not parse_verdict(r.text))
         if self.format == "boxed" and "\\boxed{" not in answer:
             failed += 2
@@ -239,6 +254,7 @@ class WebhookReward:
     kind = "webhook"
     deterministic = False  # an outside grader may change its mind: always asked
     values = None
+    tokens = 0
 
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url

@@ -95,6 +95,13 @@ class ServerConfig(BaseModel):
         description="largest number of sequences (prompts × n) one request may ask for; "
         "beyond it, 400",
     )
+    max_samples: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="largest latent.samples (best_of_n, self_consistency) or consistency "
+        "reward samples a request may ask for",
+    )
     max_refinement_steps: int = Field(
         50, ge=0, description="largest latent.max_steps a request may ask for"
     )

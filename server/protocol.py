@@ -70,8 +70,29 @@ class WebhookRewardSpec(BaseModel):
     url: Text = Field(min_length=1, max_length=2048)
 
 
+class ArithmeticRewardSpec(BaseModel):
+    """The programmatic verifier of worked arithmetic (latent_ops/arithmetic.py)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["arithmetic"]
+
+
+class ConsistencyRewardSpec(BaseModel):
+    """Agreement with `samples` sampled answers of the same prompt (latent_ops/sampling.py)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: Literal["consistency"]
+    samples: int | None = Field(None, ge=1, description="default 5; at most --max-samples")
+    temperature: FiniteFloat | None = Field(None, gt=0.0, le=2.0, description="default 0.7")
+
+
 RewardSpec = Annotated[
-    ReferenceRewardSpec | RegexRewardSpec | SelfRewardSpec | WebhookRewardSpec,
+    ReferenceRewardSpec
+    | RegexRewardSpec
+    | SelfRewardSpec
+    | WebhookRewardSpec
+    | ArithmeticRewardSpec
+    | ConsistencyRewardSpec,
     Field(discriminator="type"),
 ]
 
@@ -83,9 +104,9 @@ class ExitSpec(BaseModel):
 
 
 class LatentSpec(BaseModel):
-    """Per-request refinement (`none`, `latentseek` or `slr`). Unset fields take the
+    """Per-request refinement (`latent_ops.choices.Method`). Unset fields take the
     method's defaults (`latent_ops.latentseek.LatentSeekConfig`,
-    `latent_ops.slr.SLRConfig`); server flags cap them."""
+    `latent_ops.slr.SLRConfig`, `DEFAULT_SAMPLES`); server flags cap them."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
     method: Method = "none"
@@ -97,6 +118,8 @@ class LatentSpec(BaseModel):
     select: Select | None = None
     time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
     reward: RewardSpec | None = None
+    # best_of_n, self_consistency: samples drawn (at most --max-samples)
+    samples: int | None = Field(None, ge=1)
     # SLR
     layout: Layout | None = None
     max_loops: int | None = Field(None, ge=0)
@@ -203,9 +226,12 @@ class LatentSummary(BaseModel):
     stopped_reason: str
     initial_reward: float | None = None
     final_reward: float | None = None
-    reward_history: list[float] = Field(default_factory=list)
+    reward_history: list[float | None] = Field(default_factory=list)  # None: reward error
     update_tokens: int = 0
     refinement_time_ms: float = 0.0
+    # best_of_n, self_consistency
+    samples: int | None = None
+    vote_share: float | None = None
     # SLR
     loops: int | None = None
     loop_deltas: list[float] | None = None

@@ -3,8 +3,9 @@
 `build_program` returns the program the engine runs and the method name for metrics.
 Plain generation (no `latent`, or method `none`) is one `Generate` need per prompt and
 choice; `latentseek` wraps one prompt in `latent_ops.latentseek.latentseek` with its
-reward. Limits that only the server knows (`--max-refinement-steps`,
-`--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit, and
+reward, `slr`/`contrastive` in `latent_ops.slr.slr`, `best_of_n`/`self_consistency` in
+`latent_ops.sampling`. Limits that only the server knows (`--max-refinement-steps`,
+`--max-samples`, `--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit, and
 `--request-timeout` becomes each request's deadline (plain generation stops there and
 answers what it has with `finish_reason: "length"`; refinement returns its best answer
 with `stopped_reason: "time_budget"`).
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
+from latent_ops.choices import SAMPLING_METHODS
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import Generate, SamplingParams, plain_generation
 from latent_ops.rewards import (
@@ -23,6 +25,13 @@ from latent_ops.rewards import (
     RegexReward,
     SelfReward,
     WebhookReward,
+)
+from latent_ops.sampling import (
+    CONSISTENCY_TEMPERATURE,
+    DEFAULT_SAMPLES,
+    ConsistencyReward,
+    best_of_n,
+    self_consistency,
 )
 from latent_ops.slr import REQUEST_FIELDS as SLR_REQUEST_FIELDS
 from latent_ops.slr import SLRConfig, slr
@@ -86,8 +95,16 @@ def build_program(
         ]
         return plain_generation(needs), "none"
     [prompt] = prompts if len(prompts) == 1 else [None]
+    if spec.samples is not None and spec.method not in SAMPLING_METHODS:
+        raise APIError(
+            400,
+            f"latent.samples applies to {' and '.join(SAMPLING_METHODS)}, not {spec.method}",
+            param="latent.samples",
+        )
     if prompt is None or body.n != 1:
         raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
+    if spec.method in SAMPLING_METHODS:
+        return sampling_program(body, spec, config, prompt, encode_chat), spec.method
     if spec.method in ("slr", "contrastive"):
         deadline = None if timeout is None else time.monotonic() + timeout
         params = sampling_params(body, prompt.max_tokens, None, deadline=deadline)
@@ -95,8 +112,8 @@ def build_program(
     if spec.reward is None:
         raise APIError(400, "latentseek needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
-    reward = make_reward(spec.reward, config, encode_chat)
     params = sampling_params(body, prompt.max_tokens, None)
+    reward = make_reward(spec.reward, config, encode_chat, prompt, params)
     return latentseek(prompt.ids, prompt.text, params, cfg, reward), "latentseek"
 
 
@@ -175,7 +192,52 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
     return cfg
 
 
-def make_reward(spec, config, encode_chat):
+def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat):
+    """best_of_n or self_consistency: `samples` draws at the request's own temperature,
+    top_p and seed; refused (400) at temperature 0, where every draw is the same."""
+    samples = spec.samples if spec.samples is not None else DEFAULT_SAMPLES
+    _check_samples(samples, config, "latent.samples")
+    if body.temperature < 1e-5:
+        raise APIError(
+            400,
+            f"{spec.method} samples at the request's temperature; at 0 every sample is the "
+            "same greedy answer: set temperature > 0",
+            param="temperature",
+        )
+    timeout = config.request_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    params = sampling_params(body, prompt.max_tokens, None, deadline=deadline)
+    if spec.method == "self_consistency":
+        if spec.reward is not None:
+            raise APIError(400, "self_consistency takes no reward", param="latent.reward")
+        return self_consistency(prompt.ids, params, samples)
+    if spec.reward is None:
+        raise APIError(400, "best_of_n needs a reward", param="latent.reward")
+    reward = make_reward(spec.reward, config, encode_chat, prompt, params)
+    return best_of_n(prompt.ids, prompt.text, params, samples, reward)
+
+
+def _check_samples(samples: int, config, param: str) -> None:
+    if samples > config.max_samples:
+        raise APIError(
+            400,
+            f"{param} {samples} is over the server's maximum {config.max_samples} (--max-samples)",
+            param=param,
+        )
+
+
+def make_reward(spec, config, encode_chat, prompt: PromptRecord, params: SamplingParams):
+    """The reward object for a request's reward spec; `prompt` and `params` are what a
+    consistency reward samples from."""
+    if spec.type == "arithmetic":
+        from latent_ops.arithmetic import ArithmeticReward
+
+        return ArithmeticReward()
+    if spec.type == "consistency":
+        samples = spec.samples if spec.samples is not None else DEFAULT_SAMPLES
+        _check_samples(samples, config, "latent.reward.samples")
+        sample_params = replace(params, temperature=spec.temperature or CONSISTENCY_TEMPERATURE)
+        return ConsistencyReward(prompt.ids, sample_params, samples)
     if spec.type == "reference":
         return ReferenceReward(spec.reference_answer)
     if spec.type == "self":

@@ -59,6 +59,7 @@ class PassOn:
 
     deterministic = True
     values = (0.0, -1.0)
+    tokens = 0
 
     def __init__(self, text):
         self.text = text
@@ -74,6 +75,7 @@ class Graded:
 
     deterministic = True
     values = (0.0, -1.0)
+    tokens = 0
 
     def score(self, prompt, answer):
         return -0.25 if len(answer) % 2 else -1.0
