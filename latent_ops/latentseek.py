@@ -73,6 +73,10 @@ class Refined:
     refinement_time_ms: float = 0.0
     refinement_tokens: int = 0
     candidates: list[str] = field(default_factory=list)  # the text scored at each history entry
+    # tokens decoded to get each candidate (0 for a reused answer; latentseek: the prefix
+    # the update forced is not decoded) and reward tokens spent before its score: what a
+    # budget of k steps or samples costs is the sum of the first k + 1 (or k) entries
+    candidate_tokens: list[int] = field(default_factory=list)
     reused_answers: int = 0  # steps whose prefix matched an answer already decoded
     discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
@@ -132,6 +136,7 @@ def latentseek(
     out.initial_reward = out.final_reward = r0
     out.reward_history.append(r0)
     out.candidates.append(first.text)
+    out.candidate_tokens.append(len(first.token_ids) + reward.tokens)
     if r0 > cfg.threshold:
         return done("threshold", first)
     n_update = min(math.floor(cfg.fraction * len(first.token_ids)), cfg.max_update_tokens)
@@ -194,9 +199,11 @@ def latentseek(
             step += 1
             out.trace.add(after[j][0])
             answer = decoded.get(prefix)
+            decoded_now, spent = 0, reward.tokens
             if answer is None:
                 answer = fresh.pop(prefix)
-                out.refinement_tokens += new_tokens(prefix, answer)
+                decoded_now = new_tokens(prefix, answer)
+                out.refinement_tokens += decoded_now
                 if answer.finish_reason == "deadline":
                     out.steps = step
                     return stop("time_budget", fresh)
@@ -214,6 +221,7 @@ def latentseek(
                 return stop("reward_error", fresh)
             out.reward_history.append(r)
             out.candidates.append(answer.text)
+            out.candidate_tokens.append(decoded_now + reward.tokens - spent)
             current = answer
             if r > best_reward:
                 best, best_reward = answer, r

@@ -69,6 +69,17 @@ def majority(texts: list[str]) -> tuple[str | None, float, Counter]:
     return winner, top / len(texts), votes
 
 
+def choose_best(rewards: list[float | None], texts: list[str]) -> int | None:
+    """best-of-N's pick: the highest reward (None: could not be scored), ties to the most
+    common final answer among all samples, then the earliest; None when nothing scored."""
+    scored = [r for r in rewards if r is not None]
+    if not scored:
+        return None
+    _, _, votes = majority(texts)
+    tied = [i for i, r in enumerate(rewards) if r == max(scored)]
+    return max(tied, key=lambda i: (votes.get(answer_key(texts[i]), 0), -i))
+
+
 def _generated(samples: list[Generation], chosen: int) -> int:
     return sum(len(s.token_ids) for i, s in enumerate(samples) if i != chosen)
 
@@ -90,15 +101,9 @@ def best_of_n(
             rewards.append(checked_reward((yield from reward.score(prompt_text, s.text))))
         except RewardError:
             rewards.append(None)  # this sample cannot win; the others still count
-    scored = [r for r in rewards if r is not None]
-    _, _, votes = majority([s.text for s in samples])
-    if scored:
-        top = max(scored)
-        tied = [i for i, r in enumerate(rewards) if r == top]
-        chosen = max(tied, key=lambda i: (votes.get(answer_key(samples[i].text), 0), -i))
-        reason = "max_samples"
-    else:
-        chosen, reason = 0, "reward_error"
+    chosen = choose_best(rewards, [s.text for s in samples])
+    reason = "reward_error" if chosen is None else "max_samples"
+    chosen = chosen or 0
     out = Refined(
         samples[chosen],
         "best_of_n",
@@ -109,6 +114,8 @@ def best_of_n(
         reward_history=rewards,
     )
     out.candidates = [s.text for s in samples]
+    out.candidate_tokens = [len(s.token_ids) for s in samples]
+    out.candidate_tokens[0] += reward.tokens  # a consistency reward samples once, first
     out.refinement_tokens = _generated(samples, chosen) + reward.tokens
     out.sampling = {"samples": k}
     out.refinement_time_ms = (clock() - start) * 1000
@@ -133,6 +140,7 @@ def self_consistency(prompt_ids: list[int], params: SamplingParams, k: int, cloc
         None,
     )
     out.candidates = texts
+    out.candidate_tokens = [len(s.token_ids) for s in samples]
     out.refinement_tokens = _generated(samples, chosen)
     out.sampling = {"samples": k, "vote_share": round(share, 6)}
     out.refinement_time_ms = (clock() - start) * 1000

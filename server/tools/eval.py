@@ -37,7 +37,9 @@ _LS = LatentSeekConfig()
 class EvalConfig(BaseModel):
     data: str = Field(description="a GSM8K-format JSONL file, or synthetic:N[,seed=S][,steps=A-B]")
     method: Method = Field("latentseek", description="refinement")
-    reward: Literal["reference", "self"] = Field("reference", description="LatentSeek reward")
+    reward: Literal["reference", "self", "arithmetic", "consistency"] = Field(
+        "reference", description="LatentSeek reward"
+    )
     limit: int | None = Field(None, ge=1, description="first N problems only")
     out: str = Field("eval-report.json", description="JSON report; the plot goes beside it")
     url: str | None = Field(None, description="a running server instead of the in-process engine")
@@ -69,6 +71,18 @@ class EvalConfig(BaseModel):
     eta: float | None = Field(None, ge=0, description="contrastive step size")
     gamma: float | None = Field(None, ge=0, le=1, description="contrastive momentum")
     api_key: str | None = Field(None, description="bearer key for --url")
+    compare: str | None = Field(
+        None,
+        description="compare methods on accuracy against generated tokens, e.g. "
+        "'none,latentseek/arithmetic@10,best_of_n/arithmetic@8,self_consistency@8' "
+        "(server/tools/frontier.py); --method and --reward are then unused",
+    )
+    sample_temperature: float = Field(
+        0.7, gt=0, le=2, description="--compare: temperature of best_of_n/self_consistency"
+    )
+    consistency_samples: int = Field(
+        5, ge=1, description="--compare: samples of the consistency reward"
+    )
 
 
 def question_text(problem: Problem) -> str:
@@ -88,13 +102,18 @@ def latent_field(cfg: EvalConfig, problem: Problem) -> dict | None:
             name = cfg.slr_adapter.rpartition("=")[0]  # [NAME=]DIR: the server's name
             latent["adapter"] = name if cfg.url and name else "eval"
         return {k: v for k, v in latent.items() if v is not None}
-    reward = (
-        {"type": "reference", "reference_answer": problem.answer}
-        if cfg.reward == "reference"
-        else {"type": "self"}
-    )
+    reward = reward_field(cfg.reward, cfg, problem)
     keys = ("max_steps", "lr", "fraction", "threshold", "select")
     return {"method": "latentseek", **{k: getattr(cfg, k) for k in keys}, "reward": reward}
+
+
+def reward_field(kind: str, cfg: EvalConfig, problem: Problem) -> dict:
+    """The request's reward object of type `kind` for one problem."""
+    if kind == "reference":
+        return {"type": "reference", "reference_answer": problem.answer}
+    if kind == "consistency":
+        return {"type": "consistency", "samples": cfg.consistency_samples}
+    return {"type": kind}
 
 
 # ---- running ---------------------------------------------------------------------------
@@ -111,54 +130,76 @@ def request_body(cfg: EvalConfig, problem: Problem) -> dict:
     return body
 
 
+class InProcess:
+    """The model, an engine and the server's limits, to run request bodies in process
+    through the server's own `build_program` (so the programs are the ones `--url` runs).
+    Speculative LatentSeek steps are off, so each step's tokens are its own."""
+
+    def __init__(self, cfg: EvalConfig, max_requests: int):
+        from server.config import ServerConfig
+        from server.engine.engine import build_engine
+        from server.engine.loader import load_model
+        from server.refinement import chat_encoder
+
+        loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        self.encode = chat_encoder(loaded.tokenizer)
+        self.engine = build_engine(
+            loaded,
+            max_batch_size=cfg.max_batch_size,
+            max_queued_requests=max_requests + 1,
+            slr_adapters={"eval": cfg.slr_adapter.rpartition("=")[2]} if cfg.slr_adapter else None,
+        )
+        default_steps = ServerConfig.model_fields["max_refinement_steps"].default
+        self.limits = ServerConfig(
+            model=cfg.model,
+            verifier_max_tokens=cfg.verifier_max_tokens,
+            max_refinement_steps=max(cfg.max_steps, default_steps),
+            max_samples=1024,
+            speculative_steps=1,
+        )
+        self.engine.start()
+
+    def run(self, bodies: list[dict], questions: list[str], progress) -> list[tuple]:
+        """(program output or exception, seconds to finish) per request body, run together."""
+        from server.engine.engine import run_programs
+        from server.protocol import ChatCompletionRequest
+        from server.refinement import PromptRecord, build_program
+
+        programs = []
+        for request, question in zip(bodies, questions):
+            body = ChatCompletionRequest.model_validate(request)
+            prompt = PromptRecord(self.encode(request["messages"]), question, request["max_tokens"])
+            program, _ = build_program(
+                body, self.limits, [prompt], None, self.encode, self.adapters
+            )
+            programs.append(program)
+        start = time.monotonic()
+        finished = [0.0] * len(programs)
+
+        def done(i, _output):
+            finished[i] = time.monotonic() - start
+            progress.update(1)
+
+        return list(zip(run_programs(self.engine, programs, on_done=done), finished))
+
+    @property
+    def adapters(self) -> dict:
+        return self.engine.adapters
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+
 def run_in_process(cfg: EvalConfig, problems: list[Problem], progress) -> list[dict]:
-    """One record per problem: text, latent summary (or None), candidate texts, seconds.
-
-    Each problem's request body goes through the server's own `build_program`, so the
-    programs are the ones `--url` would run."""
-    from server.config import ServerConfig
-    from server.engine.engine import build_engine, run_programs
-    from server.engine.loader import load_model
-    from server.protocol import ChatCompletionRequest
-    from server.refinement import PromptRecord, build_program, chat_encoder
-
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    encode = chat_encoder(loaded.tokenizer)
-    engine = build_engine(
-        loaded,
-        max_batch_size=cfg.max_batch_size,
-        max_queued_requests=len(problems) + 1,
-        slr_adapters={"eval": cfg.slr_adapter.rpartition("=")[2]} if cfg.slr_adapter else None,
-    )
-    limits = ServerConfig(
-        model=cfg.model,
-        verifier_max_tokens=cfg.verifier_max_tokens,
-        max_refinement_steps=max(
-            cfg.max_steps, ServerConfig.model_fields["max_refinement_steps"].default
-        ),
-    )
-    programs = []
-    for p in problems:
-        request = request_body(cfg, p)
-        body = ChatCompletionRequest.model_validate(request)
-        ids = encode(request["messages"])
-        prompt = PromptRecord(ids, question_text(p), cfg.max_tokens)
-        program, _ = build_program(body, limits, [prompt], None, encode, engine.adapters)
-        programs.append(program)
-    start = time.monotonic()
-    finished = [0.0] * len(problems)
-
-    def done(i, _output):
-        finished[i] = time.monotonic() - start
-        progress.update(1)
-
-    engine.start()
+    """One record per problem: text, latent summary (or None), candidate texts, seconds."""
+    runner = InProcess(cfg, len(problems))
     try:
-        outputs = run_programs(engine, programs, on_done=done)
+        bodies = [request_body(cfg, p) for p in problems]
+        results = runner.run(bodies, [question_text(p) for p in problems], progress)
     finally:
-        engine.shutdown()
+        runner.close()
     records = []
-    for output, seconds in zip(outputs, finished):
+    for output, seconds in results:
         if isinstance(output, BaseException):
             raise RuntimeError(f"a problem failed: {output!r}") from output
         record = {"text": output.choices[0].text, "latent": output.summary(), "seconds": seconds}
@@ -331,6 +372,10 @@ def main(cfg: EvalConfig) -> int:
     if not problems:
         print("latentserve eval: error: --data: no problems", file=sys.stderr)
         return 2
+    if cfg.compare:
+        from server.tools.frontier import main as compare_main
+
+        return compare_main(cfg)
     run = run_remote if cfg.url else run_in_process
     start = time.monotonic()
     with tqdm(total=len(problems), desc="problems", unit="problem", file=sys.stderr) as bar:

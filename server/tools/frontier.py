@@ -1,0 +1,234 @@
+"""Accuracy against compute: several methods on the same problems, one engine, one report.
+
+`latentserve eval --compare SPECS` runs each spec on every problem in process (the
+server's own programs, speculative steps off) and reports, per method and budget, the
+accuracy, the mean generated tokens per problem (answers, continuations, samples and the
+tokens rewards generate) and the wall seconds per problem, with one plot of accuracy
+against tokens: a curve per method, its budgets as the points.
+
+A spec is `METHOD[/REWARD][@BUDGET]`: `none`; `latentseek/arithmetic@10` (up to 10 steps);
+`best_of_n/reference@8` (8 samples); `self_consistency@8`; `slr` (the adapter of
+`--slr-adapter`, if any). Rewards: `reference` (the answer key), `arithmetic`,
+`consistency` (`--consistency-samples`), `self`. Every budget below the run's is replayed
+from that one run: LatentSeek's step k is what `max_steps: k` returns (`chosen_at_budget`),
+best-of-N's j is its pick among the first j samples (`choose_best`), self-consistency's j
+the majority of the first j; the tokens at a budget are those its candidates cost.
+
+Not here: the single-method report (`server/tools/eval.py`), problem sets (`problems.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from latent_ops.choices import METHODS, REWARD_TYPES
+from latent_ops.rewards import answers_equal, extract_answer
+from latent_ops.sampling import choose_best, majority
+from server.tools.eval import (
+    EvalConfig,
+    InProcess,
+    chosen_at_budget,
+    question_text,
+    reward_field,
+)
+from server.tools.problems import Problem, load_problems
+
+
+@dataclass(frozen=True)
+class Spec:
+    method: str
+    reward: str | None
+    budget: int
+
+    @property
+    def label(self) -> str:
+        reward = f"/{self.reward}" if self.reward else ""
+        return f"{self.method}{reward}@{self.budget}" if self.method != "none" else "greedy"
+
+
+def parse_specs(text: str, cfg: EvalConfig) -> list[Spec]:
+    """'none,latentseek/arithmetic@10,...' -> specs; ValueError naming a bad one."""
+    specs = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        head, _, budget = item.partition("@")
+        method, _, reward = head.partition("/")
+        if method not in METHODS:
+            raise ValueError(f"{item!r}: method must be one of {', '.join(METHODS)}")
+        if reward and reward not in REWARD_TYPES:
+            raise ValueError(f"{item!r}: reward must be one of {', '.join(REWARD_TYPES)}")
+        needs_reward = method in ("latentseek", "best_of_n")
+        if needs_reward != bool(reward):
+            raise ValueError(f"{item!r}: {method} {'needs' if needs_reward else 'takes no'} reward")
+        default = cfg.max_steps if method == "latentseek" else 5
+        if not budget:
+            n = 0 if method in ("none", "slr", "contrastive") else default
+        elif budget.isdigit():
+            n = int(budget)
+        else:
+            raise ValueError(f"{item!r}: the budget after @ is a whole number")
+        specs.append(Spec(method, reward or None, n))
+    if not specs:
+        raise ValueError("no method to compare")
+    return specs
+
+
+def request(spec: Spec, cfg: EvalConfig, problem: Problem) -> dict:
+    """The chat request for one problem under one spec."""
+    body = {
+        "messages": [{"role": "user", "content": question_text(problem)}],
+        "max_tokens": cfg.max_tokens,
+        "temperature": 0,
+        "seed": 0,
+    }
+    m = spec.method
+    if m == "latentseek":
+        keys = ("lr", "fraction", "threshold", "select")
+        latent = {"method": m, "max_steps": spec.budget, **{k: getattr(cfg, k) for k in keys}}
+        body["latent"] = latent | {"reward": reward_field(spec.reward, cfg, problem)}
+    elif m in ("best_of_n", "self_consistency"):
+        body["temperature"] = cfg.sample_temperature
+        body["latent"] = {"method": m, "samples": spec.budget}
+        if spec.reward:
+            body["latent"]["reward"] = reward_field(spec.reward, cfg, problem)
+    elif m in ("slr", "contrastive"):
+        body["latent"] = {"method": m}
+        if cfg.slr_adapter:
+            body["latent"]["adapter"] = "eval"
+    return body
+
+
+def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) -> list[dict]:
+    """[{budget, accuracy, tokens}] for every budget the run can replay."""
+
+    def right(text: str, p: Problem) -> bool:
+        return answers_equal(extract_answer(text), p.answer)
+
+    budgets = range(spec.budget + 1) if spec.method == "latentseek" else range(1, spec.budget + 1)
+    if spec.method in ("none", "slr", "contrastive"):
+        budgets = [0]
+    out = []
+    for k in budgets:
+        correct = tokens = 0.0
+        for p, o in zip(problems, outputs):
+            if spec.method in ("none", "slr", "contrastive"):
+                correct += right(o.choices[0].text, p)
+                tokens += len(o.choices[0].token_ids) + o.refinement_tokens
+                continue
+            texts, costs = o.candidates, o.candidate_tokens
+            if spec.method == "latentseek":
+                ok = [right(t, p) for t in texts]
+                correct += chosen_at_budget(o.reward_history, ok, k, cfg.select)
+                tokens += sum(costs[: k + 1])
+            elif spec.method == "best_of_n":
+                pick = choose_best(o.reward_history[:k], texts[:k])
+                correct += right(texts[pick or 0], p)
+                tokens += sum(costs[:k])
+            else:
+                winner, _, _ = majority(texts[:k])
+                correct += winner is not None and answers_equal(winner, p.answer)
+                tokens += sum(costs[:k])
+        n = len(problems)
+        out.append({"budget": k, "accuracy": correct / n, "tokens": tokens / n})
+    return out
+
+
+def run(cfg: EvalConfig, specs: list[Spec], problems: list[Problem], progress) -> dict:
+    runner = InProcess(cfg, len(problems))
+    methods = []
+    try:
+        for spec in specs:
+            start = time.monotonic()
+            bodies = [request(spec, cfg, p) for p in problems]
+            results = runner.run(bodies, [question_text(p) for p in problems], progress)
+            wall = time.monotonic() - start
+            failed = [o for o, _ in results if isinstance(o, BaseException)]
+            if failed:
+                raise RuntimeError(f"{spec.label}: a problem failed: {failed[0]!r}")
+            outputs = [o for o, _ in results]
+            pts = points(spec, cfg, problems, outputs)
+            returned = sum(
+                answers_equal(extract_answer(o.choices[0].text), p.answer)
+                for o, p in zip(outputs, problems)
+            )
+            methods.append(
+                {
+                    "spec": spec.label,
+                    "points": pts,
+                    "accuracy": pts[-1]["accuracy"],
+                    # what the runs returned; the last point replays it (a check)
+                    "returned_accuracy": returned / len(problems),
+                    "tokens": pts[-1]["tokens"],
+                    "seconds_per_problem": wall / len(problems),
+                }
+            )
+            print(table_row(methods[-1]), file=sys.stderr)
+    finally:
+        runner.close()
+    return {"config": cfg.model_dump(exclude={"api_key"}), "methods": methods}
+
+
+def table_row(m: dict) -> str:
+    return (
+        f"| {m['spec']} | {m['accuracy']:.3f} | {m['tokens']:.0f} | "
+        f"{m['seconds_per_problem']:.2f} |"
+    )
+
+
+def table(report: dict) -> str:
+    lines = [
+        "| method | accuracy | generated tokens / problem | s / problem |",
+        "|---|---|---|---|",
+        *(table_row(m) for m in report["methods"]),
+    ]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for m in report["methods"]:
+        xs = [p["tokens"] for p in m["points"]]
+        ys = [p["accuracy"] for p in m["points"]]
+        ax.plot(xs, ys, marker="o", ms=3, label=m["spec"])
+    c = report["config"]
+    ax.set_xscale("log")
+    ax.set_xlabel("mean generated tokens per problem (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{c['data']} · {c['model']} · {c['limit'] or 'all'} problems", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(cfg: EvalConfig) -> int:
+    from tqdm import tqdm
+
+    try:
+        specs = parse_specs(cfg.compare, cfg)
+        problems = load_problems(cfg.data, cfg.limit)
+    except (OSError, ValueError) as exc:
+        print(f"latentserve eval: error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.url:
+        print("latentserve eval: error: --compare runs in process (no --url)", file=sys.stderr)
+        return 2
+    total = len(problems) * len(specs)
+    with tqdm(total=total, desc="problems", unit="problem", file=sys.stderr) as bar:
+        report = run(cfg, specs, problems, bar)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    plot(report, out.with_suffix(".png"))
+    print(table(report))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return 0
