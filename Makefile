@@ -49,4 +49,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) -m server.tools.bench_runner $(ARGS)
+	$(PY) -m benchmarks.bench_runner $(ARGS)

@@ -10,7 +10,7 @@ optional timestep MLP:
 with its own adapter and loop, or with none: the caller runs the pass inside
 `with bank.rows(slots):` ([B] long, -1 = no adapter). All adapters of a bank share the target
 names and rank (several named adapters are stacked into one slot table). Used by the runner
-for thought passes and by `server/tools/train_slr.py`, where the same code carries
+for thought passes and by `latent_ops/train_slr.py`, where the same code carries
 gradients. We wrote this instead of using peft: peft applies one adapter to a whole batch
 (or, with mixed-adapter batches, per request id) and would need a copy of the module tree
 per loop index; here a row's slot picks its pair with one gather.

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="accuracy of greedy or LatentSeek on math word problems")
     add_config_flags(evaluate, EvalConfig)
-    from server.tools.train_slr import TrainConfig
+    from latent_ops.train_slr import TrainConfig
 
     train = sub.add_parser("train-slr", help="train SLR loop adapters (base model frozen)")
     add_config_flags(train, TrainConfig)
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return eval_main(_config(parser, EvalConfig, ns, "latentserve eval"))
     if ns.command == "train-slr":
-        from server.tools.train_slr import TrainConfig
-        from server.tools.train_slr import main as train_main
+        from latent_ops.train_slr import TrainConfig
+        from latent_ops.train_slr import main as train_main
 
         return train_main(_config(parser, TrainConfig, ns, "latentserve train-slr"))
     if ns.command == "telemetry-plot":

@@ -10,7 +10,7 @@ import torch
 from server.app import build_app
 from server.config import ServerConfig
 from server.engine.loader import DEFAULT_MODEL_NAME, load_model, resolve_model_dir
-from server.tools.live import LiveServer
+from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +108,8 @@ def test_streaming_chat(client):
 @pytest.mark.vllm
 def test_vllm_backend_answers_as_hf(loaded):
     """Greedy answers and LatentSeek runs through vLLM equal the torch runner's (issue
-    goal: at least 95% of 20 prompts); server/tools/compare_backends.py does the work."""
-    from server.tools.compare_backends import compare
+    goal: at least 95% of 20 prompts); benchmarks/compare_backends.py does the work."""
+    from benchmarks.compare_backends import compare
     from server.tools.problems import synthetic_problems
 
     summary = compare(

@@ -66,7 +66,7 @@ def scraped(tiny_model_dir, tmp_path_factory):
     """A tiny-model server with traffic behind it, and a Prometheus that scraped it."""
     from server.app import build_app
     from server.config import ServerConfig
-    from server.tools.live import LiveServer, free_port
+    from tests.support.live import LiveServer, free_port
 
     binary = _prometheus_bin()
     config = ServerConfig(

@@ -1,16 +1,16 @@
 """LatentSeek through the engine against a straightforward implementation of the paper
-(`latent_ops/paper_reference.py`: no KV cache, autograd + torch.optim.Adam, one request at
+(`tests/support/paper_reference.py`: no KV cache, autograd + torch.optim.Adam, one request at
 a time, `select="last"`)."""
 
 import pytest
 
 from latent_ops.latentseek import LatentSeekConfig, latentseek
-from latent_ops.paper_reference import paper_latentseek
 from latent_ops.program import SamplingParams
 from latent_ops.rewards import ReferenceReward, RegexReward
 from server.engine.engine import Engine
 from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
+from tests.support.paper_reference import paper_latentseek
 
 EOS = 2
 

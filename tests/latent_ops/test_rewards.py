@@ -64,7 +64,7 @@ def test_rewards_must_be_numbers_finite_in_float32(value):
 
 
 def test_webhook_down_is_a_reward_error(grader):
-    from server.tools.live import free_port
+    from tests.support.live import free_port
 
     port = free_port()  # nobody listens on it
     with pytest.raises(RewardError):

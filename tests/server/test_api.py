@@ -8,7 +8,7 @@ import pytest
 
 from server.app import build_app
 from server.config import ServerConfig
-from server.tools.live import LiveServer
+from tests.support.live import LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import torch
 
 from server.app import build_app
 from server.config import ServerConfig
-from server.tools.live import LiveServer
-from server.tools.live import metric as _metric
+from tests.support.live import LiveServer
+from tests.support.live import metric as _metric
 
 BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.vllm)]
 LS = {"method": "latentseek", "reward": {"type": "reference", "reference_answer": "-123456"}}

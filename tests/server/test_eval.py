@@ -66,7 +66,7 @@ def _eval(args, out):
 def test_eval_in_process_and_over_http_agree(tmp_path, tiny_model_dir, capsys):
     from server.app import build_app
     from server.config import ServerConfig
-    from server.tools.live import LiveServer
+    from tests.support.live import LiveServer
 
     common = ["--method", "latentseek", "--max-steps", "2", "--fraction", "0.5"]
     local = _eval(common + ["--model", str(tiny_model_dir)], tmp_path / "local.json")

@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
 
 from server.app import build_app
 from server.config import ServerConfig
-from server.tools.live import LiveServer
+from tests.support.live import LiveServer
 
 # Lone UTF-16 surrogates (JSON spells them "\udc00") and control characters
 HOSTILE = ["\udc00", "\ud800", "\udfff", "\x00", "\x1b", "\x7f", "\u202e"]

@@ -16,7 +16,7 @@ import pytest
 
 from server.app import build_app
 from server.config import ServerConfig
-from server.tools.live import LiveServer
+from tests.support.live import LiveServer
 
 C, CHAT = "/v1/completions", "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hi"}]

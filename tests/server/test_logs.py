@@ -10,7 +10,7 @@ import pytest
 from server.app import build_app
 from server.config import ServerConfig
 from server.logs import JSONFormatter
-from server.tools.live import LiveServer
+from tests.support.live import LiveServer
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 
 from server.app import build_app
 from server.config import ServerConfig
-from server.tools.live import LiveServer
-from server.tools.live import metric as _metric
+from tests.support.live import LiveServer
+from tests.support.live import metric as _metric
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(tiny_model_dir, tmp_path
     """A real `latentserve serve` process: SIGTERM lets the running request finish."""
     import signal
 
-    from server.tools.live import ServerProcess
+    from tests.support.live import ServerProcess
 
     args = ["--model", str(tiny_model_dir), "--device", "cpu", "--drain-timeout", "30"]
     args += ["--max-refinement-steps", "100000"]

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from latent_ops.train_slr import TrainConfig, target_text, train
 from server.cli import main as cli_main
-from server.tools.train_slr import TrainConfig, target_text, train
 
 
 def test_target_drops_the_replaced_steps():

@@ -1,6 +1,6 @@
 """Soak run: a bounded steady mixed load against a real `latentserve serve` process.
 
-    python -m server.tools.soak --minutes 5 [--model default] [--concurrency 4] \
+    python -m benchmarks.soak --minutes 5 [--model default] [--concurrency 4] \
         [--latent-fraction 0.25] [--max-tokens 32] [--json soak.json]
 
 Starts the server as a child process, sends batches of streamed chat requests (a share
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from server.tools.bench_serve import build_requests, run_load
-    from server.tools.live import ServerProcess
+    from tests.support.live import ServerProcess
 
     server_args = ["--model", args.model, "--device", "cpu"]
     server_args += ["--max-batch-size", str(args.concurrency), "--log-level", "warning"]

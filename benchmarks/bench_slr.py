@@ -1,6 +1,6 @@
 """What an SLR loop costs: forward passes and wall time per request against plain decoding.
 
-    python -m server.tools.bench_slr [--requests 8] [--loops 4] [--slr-adapter DIR]
+    python -m benchmarks.bench_slr [--requests 8] [--loops 4] [--slr-adapter DIR]
 
 In one run on the same model and prompts (synthetic 2-3 step problems through the chat
 template, greedy, `--max-tokens` answer tokens, EOS ignored so every request decodes the

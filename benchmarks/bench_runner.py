@@ -1,6 +1,6 @@
 """Runner throughput: tokens/s at batch 1 and batch B, beside transformers' `generate`.
 
-    python -m server.tools.bench_runner [--model default] [--tokens 64] [--batch 8]
+    python -m benchmarks.bench_runner [--model default] [--tokens 64] [--batch 8]
 
 All three are measured in one run on the same model and prompts, greedy, with EOS
 ignored so every sequence produces exactly `--tokens` tokens. Each figure is the median of

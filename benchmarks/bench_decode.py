@@ -1,6 +1,6 @@
 """Decode-step cost by batch size, with and without `kernels.skinny_linear`.
 
-    python -m server.tools.bench_decode [--model default] [--batches 1,2,3,4,8,16,32]
+    python -m benchmarks.bench_decode [--model default] [--batches 1,2,3,4,8,16,32]
 
 For each batch size B, B sequences of a 200-token prompt are prefilled, then the median
 wall time of `--steps` runner decode steps is measured with the model's linear layers

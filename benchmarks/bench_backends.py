@@ -1,6 +1,6 @@
 """The vllm backend under load: against `vllm serve`, and against the hf backend.
 
-    python -m server.tools.bench_backends [--num-requests 64] [--concurrency 8]
+    python -m benchmarks.bench_backends [--num-requests 64] [--concurrency 8]
         [--max-tokens 64] [--mixed-requests 32] [--latent-fraction 0.25] [--rounds 3]
         [--json out.json]
 
@@ -124,7 +124,7 @@ def _alternate(load_name, load, servers, args, logs: Path) -> dict[str, list]:
     """Both servers up (an idle one costs no CPU), warmed; then `--rounds` rounds of the
     same load on each, the order flipping every round, so drift hits both alike."""
     from server.tools.bench_serve import run_load, summarize
-    from server.tools.live import ServerProcess
+    from tests.support.live import ServerProcess
 
     with contextlib.ExitStack() as stack:
         urls = {}

@@ -1,6 +1,6 @@
 """What metrics and logging cost: plain-request throughput with them on and off, one run.
 
-    python -m server.tools.bench_observability [--model default] [--rounds 3] \
+    python -m benchmarks.bench_observability [--model default] [--rounds 3] \
         [--num-requests 32] [--concurrency 8] [--max-tokens 32]
 
 Loads the model once, then for each round starts the server in this process twice, in
@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     from server.config import ServerConfig
     from server.engine.loader import load_model
     from server.tools.bench_serve import build_requests, run_load, summarize
-    from server.tools.live import LiveServer
+    from tests.support.live import LiveServer
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     bodies = build_requests(args.data, args.num_requests, args.max_tokens, 0.0, 0)

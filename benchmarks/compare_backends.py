@@ -1,6 +1,6 @@
 """The vllm backend against the hf backend: same answers, same refinement, what memory.
 
-    python -m server.tools.compare_backends [--data GSM8K.jsonl]
+    python -m benchmarks.compare_backends [--data GSM8K.jsonl]
         [--prompts 20] [--latentseek 4] [--max-tokens 64] [--json out.json]
 
 In one process, on the same model and chat-formatted questions (greedy):

@@ -1,11 +1,11 @@
 """LatentSeek speed: the engine against the paper's code pattern, and concurrency.
 
-    python -m server.tools.bench_latentseek [--model default] [--requests 4] [--steps 3]
+    python -m benchmarks.bench_latentseek [--model default] [--requests 4] [--steps 3]
 
 Two comparisons, each in this one run on the same model and prompts (GSM8K questions from
 `--data`, chat template, greedy), with a reference reward no answer can meet so every
 request runs exactly `--steps` refinement steps:
-1. per request, one at a time: `latent_ops.paper_reference.paper_latentseek` (uncached
+1. per request, one at a time: `tests.support.paper_reference.paper_latentseek` (uncached
    decoding, autograd + torch.optim.Adam) against the engine (KV cache, the prompt's KV
    reused across iterations, closed-form latent update) on the first `--paper-requests`
    requests (uncached decoding is slow); the texts and reward histories must be equal, or
@@ -50,7 +50,6 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from latent_ops.latentseek import LatentSeekConfig, latentseek
-    from latent_ops.paper_reference import paper_latentseek
     from latent_ops.program import SamplingParams
     from latent_ops.rewards import ReferenceReward
     from server.config import ServerConfig
@@ -58,6 +57,7 @@ def main(argv=None) -> dict:
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
     from server.tools.problems import load_problems
+    from tests.support.paper_reference import paper_latentseek
 
     loaded = load_model(args.model, device="cpu", dtype="float32")
     model, tok = loaded.model, loaded.tokenizer
