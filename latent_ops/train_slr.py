@@ -13,8 +13,11 @@ COCONUT's stand-in for steps. Stages run in order over `--steps` (stage k for th
 k = `--loops`, is what the server runs). Data: the seeded synthetic generator (seeds from
 1000 on, so evaluation sets with small seeds stay unseen) and, with `--gsm8k`, GSM8K rows.
 
-Lives in server/tools because it loads the model and the problem sets; the maths it
-trains is `latent_ops.slr.loop_input` and `latent_ops.lora`, the code the server runs.
+Lives beside the method it trains (`latent_ops.slr.loop_input` and `latent_ops.lora`, the
+code the server runs). It imports nothing from server/: the model, its tokenizer, the prompt
+of a problem and the problems come from a `setup(cfg) -> TrainingData` the caller passes
+(`server.cli.slr_training_data`: the server's loader, chat template, eval's question text
+and problem sets).
 Writes an adapter directory (`latent_ops/lora.py` format) the server loads with
 `--slr-adapter NAME=DIR`, and a resumable `checkpoint.pt` beside it every `--save-every`
 steps (`--resume` continues from it). Batches rows of one stage together; left-pads
@@ -26,8 +29,10 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -70,16 +75,14 @@ class TrainConfig(BaseModel):
         return 0 if self.keep_steps else stage
 
 
-def examples(cfg: TrainConfig):
-    from server.tools.problems import load_problems, synthetic_problems
+@dataclass
+class TrainingData:
+    """What training reads from outside latent_ops, built by the caller's `setup(cfg)`."""
 
-    problems = [p for i in range(cfg.synthetic) for p in synthetic_problems(1, seed=1000 + i)]
-    if cfg.gsm8k:
-        problems += [p for p in load_problems(cfg.gsm8k) if p.rationale]
-    if cfg.exclude:
-        held_out = {p.question for p in load_problems(cfg.exclude)}
-        problems = [p for p in problems if p.question not in held_out]
-    return problems
+    model: Any  # a transformers causal LM (its weights are frozen here)
+    tokenizer: Any
+    prompt: Callable[[Any], list[int]]  # a problem -> its chat prompt's token ids
+    problems: list  # objects with .question, .rationale (steps) and .answer
 
 
 def target_text(rationale, answer: str, k: int) -> str:
@@ -88,24 +91,20 @@ def target_text(rationale, answer: str, k: int) -> str:
     return "\n".join([*rest, f"The answer is \\boxed{{{answer}}}."])
 
 
-def train(cfg: TrainConfig, progress=None) -> dict:
+def train(cfg: TrainConfig, setup: Callable[[TrainConfig], TrainingData], progress=None) -> dict:
     import torch
     from transformers import DynamicCache
 
     from latent_ops.lora import AdapterConfig, LoopAdapter, LoRABank
     from latent_ops.slr import SLRConfig, loop_input
-    from server.engine.loader import load_model
-    from server.refinement import chat_encoder
-    from server.tools.eval import question_text  # the prompt `latentserve eval` asks
 
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg.model, device="cpu", dtype="float32")
-    model, tok = loaded.model, loaded.tokenizer
+    data = setup(cfg)
+    model, tok = data.model, data.tokenizer
     model.requires_grad_(False)
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     embed = model.get_input_embeddings().weight
     embed_norm = float(embed.norm(dim=-1).mean())
-    encode = chat_encoder(tok)
     slr_settings = {
         "feedback": cfg.feedback,
         "residual": cfg.residual,
@@ -129,7 +128,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     bank.add("train", adapter)
     bank.install(model)
 
-    problems = examples(cfg)
+    problems = data.problems
     rng = random.Random(cfg.seed)
     order = list(range(len(problems)))
     rng.shuffle(order)
@@ -142,7 +141,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         rows = [
             problems[order[(step * cfg.batch_size + i) % len(order)]] for i in range(cfg.batch_size)
         ]
-        prompts = [encode([{"role": "user", "content": question_text(p)}]) for p in rows]
+        prompts = [data.prompt(p) for p in rows]
         targets = [
             tok(
                 target_text(p.rationale, p.answer, cfg.replaced_steps(k)),
@@ -249,13 +248,13 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     return {"steps": step + 1, "history": history, "out": str(out)}
 
 
-def main(cfg: TrainConfig) -> int:
+def main(cfg: TrainConfig, setup: Callable[[TrainConfig], TrainingData]) -> int:
     from tqdm import tqdm
 
     with tqdm(total=cfg.steps, desc="train-slr", unit="step") as bar:
         if cfg.resume:
             bar.update(0)
-        result = train(cfg, bar)
+        result = train(cfg, setup, bar)
     last = result["history"][-10:]
     mean = sum(h["loss"] for h in last) / max(len(last), 1)
     print(

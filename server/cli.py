@@ -108,6 +108,33 @@ def _config(parser, config_cls, ns, prog: str):
         parser.exit(2, f"{prog}: error: {_validation_message(exc)}\n")
 
 
+def slr_training_data(cfg):
+    """`latentserve train-slr`'s inputs from the server's pieces (latent_ops.train_slr imports
+    nothing from server/): the model on CPU in float32, the chat prompt `latentserve eval`
+    asks, and the training problems (seeded synthetic ones from seed 1000 on, GSM8K rows with
+    `--gsm8k`, less the questions of `--exclude`)."""
+    from latent_ops.train_slr import TrainingData
+    from server.engine.loader import load_model
+    from server.refinement import chat_encoder
+    from server.tools.eval import question_text
+    from server.tools.problems import load_problems, synthetic_problems
+
+    loaded = load_model(cfg.model, device="cpu", dtype="float32")
+    encode = chat_encoder(loaded.tokenizer)
+    problems = [p for i in range(cfg.synthetic) for p in synthetic_problems(1, seed=1000 + i)]
+    if cfg.gsm8k:
+        problems += [p for p in load_problems(cfg.gsm8k) if p.rationale]
+    if cfg.exclude:
+        held_out = {p.question for p in load_problems(cfg.exclude)}
+        problems = [p for p in problems if p.question not in held_out]
+    return TrainingData(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        prompt=lambda p: encode([{"role": "user", "content": question_text(p)}]),
+        problems=problems,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -124,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         from latent_ops.train_slr import TrainConfig
         from latent_ops.train_slr import main as train_main
 
-        return train_main(_config(parser, TrainConfig, ns, "latentserve train-slr"))
+        cfg = _config(parser, TrainConfig, ns, "latentserve train-slr")
+        return train_main(cfg, slr_training_data)
     if ns.command == "telemetry-plot":
         from server.tools import telemetry_plot
 

@@ -7,6 +7,7 @@ import pytest
 
 from latent_ops.train_slr import TrainConfig, target_text, train
 from server.cli import main as cli_main
+from server.cli import slr_training_data
 
 
 def test_target_drops_the_replaced_steps():
@@ -24,16 +25,16 @@ def test_keep_steps_keeps_the_whole_solution_and_fits(tiny_model_dir, tmp_path):
     cfg = _tiny_config(tiny_model_dir, tmp_path / "ad", steps=16, synthetic=2, keep_steps=True)
     assert [cfg.replaced_steps(k) for k in (1, 2)] == [0, 0]
     assert TrainConfig().replaced_steps(2) == 2
-    history = train(cfg)["history"]
+    history = train(cfg, slr_training_data)["history"]
     assert sum(h["loss"] for h in history[-4:]) < sum(h["loss"] for h in history[:4])
 
 
 def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "ad"
     cfg = _tiny_config(tiny_model_dir, out, steps=24, synthetic=4, save_every=12)
-    first = train(cfg.model_copy(update={"stop_after": 12}))
+    first = train(cfg.model_copy(update={"stop_after": 12}), slr_training_data)
     assert first["steps"] == 12 and (out / "checkpoint.pt").is_file()
-    result = train(cfg.model_copy(update={"resume": True}))
+    result = train(cfg.model_copy(update={"resume": True}), slr_training_data)
     history = result["history"]
     assert [h["step"] for h in history] == list(range(1, 25))  # 12 then 12 more, resumed
     assert [h["stage"] for h in history][:12] == [1] * 12 and history[-1]["stage"] == 2
