@@ -4,8 +4,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Triton kernels run on CPU tensors through the interpreter (read when a kernel is defined)
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton kernels run on CPU tensors through the interpreter (read when a kernel is defined).
+# LATENTSERVE_TEST_DEVICE=cuda (benchmarks/gpu_check.sh) puts tests/kernels' tensors on CUDA,
+# where the kernels are compiled: the interpreter is then not switched on here.
+if os.environ.get("LATENTSERVE_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """latent_pg_step against autograd + torch.optim.Adam on irregular shapes, for both the
-torch path and the Triton kernels (CPU tensors under TRITON_INTERPRET=1, set in conftest)."""
+torch path and the Triton kernels (CPU tensors under TRITON_INTERPRET=1, set in conftest;
+with LATENTSERVE_TEST_DEVICE=cuda, CUDA tensors and compiled kernels, as
+benchmarks/gpu_check.sh runs them)."""
+
+import os
 
 import pytest
 import torch
@@ -8,9 +12,10 @@ from kernels import latent_pg_step
 from kernels.reference import latent_pg_step_autograd
 
 TOL = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
+DEVICE = torch.device(os.environ.get("LATENTSERVE_TEST_DEVICE", "cpu"))
 
 
-def _inputs(n, d, v, dtype, seed):
+def _inputs(n, d, v, dtype, seed, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, d, generator=g)
     weight = (torch.randn(v, d, generator=g) / d**0.5).to(dtype)
@@ -22,7 +27,7 @@ def _inputs(n, d, v, dtype, seed):
     fresh = step == 1  # a first step starts from zero Adam state
     exp_avg[fresh] = 0
     exp_avg_sq[fresh] = 0
-    return z, weight, reward, lr, exp_avg, exp_avg_sq, step
+    return tuple(a.to(device) for a in (z, weight, reward, lr, exp_avg, exp_avg_sq, step))
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
@@ -36,7 +41,8 @@ def test_matches_autograd_adam(n, d, v, dtype, impl):
     ours = [a.clone() for a in args]
     z0 = args[0].clone()
     ref_tokens = latent_pg_step_autograd(*ref)
-    poisoned = torch.full((n,), -7, dtype=torch.long)  # every entry must be overwritten
+    # every entry must be overwritten
+    poisoned = torch.full((n,), -7, dtype=torch.long, device=DEVICE)
     ours_tokens = latent_pg_step(*ours, impl=impl, out=poisoned)
     assert ours_tokens is poisoned
     update = (ref[0] - z0).norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -65,12 +71,18 @@ def test_auto_picks_torch_for_cpu_tensors(monkeypatch):
     monkeypatch.setattr(
         "kernels.latent_pg_step_torch", lambda *a, **k: called.append(1) or real(*a, **k)
     )
-    latent_pg_step(*_inputs(2, 64, 300, torch.float32, 1))
+    latent_pg_step(*_inputs(2, 64, 300, torch.float32, 1, device="cpu"))
     assert called == [1]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs LATENTSERVE_TEST_DEVICE=cuda")
+def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
+    monkeypatch.setattr("kernels.latent_pg_step_torch", lambda *a, **k: pytest.fail("torch"))
+    assert latent_pg_step(*_inputs(2, 64, 300, torch.float32, 1)).is_cuda
 
 
 def test_triton_refuses_non_contiguous_latents():
     args = list(_inputs(4, 64, 300, torch.float32, 2))
-    args[0] = torch.randn(64, 4).T  # [4, 64], not contiguous
+    args[0] = torch.randn(64, 4, device=DEVICE).T  # [4, 64], not contiguous
     with pytest.raises(ValueError, match="contiguous"):
         latent_pg_step(*args, impl="triton")
