@@ -1,0 +1,722 @@
+"""A reward without an answer key: a programmatic verifier of worked arithmetic.
+
+`verify(question, answer)` reads the equations a solution writes, checks them with exact
+rational arithmetic, and returns a `Verdict` (per-equation results and the score);
+`ArithmeticReward` is the same score behind the `Reward` protocol of `latent_ops/rewards.py`
+(`kind = "arithmetic"`, deterministic, asks the model nothing).
+
+What is read
+  * Equations `a op b = c`, chains `a op b op c = d`, with `+ - × x * · ÷ /`, `^` or `**`
+    (powers), parentheses, LaTeX's `\\times`, `\\cdot`, `\\div`, numbers with thousands commas
+    (`1,200`) and decimals (`0.25`, `.25`); `$ € £` before a number are ignored. A number
+    written with `%` is read as written (`20%` is 20) and, when that does not check, as a
+    fraction (`20%` is 0.2); an equation holds if either reading makes it hold.
+  * GSM8K's calculator annotations `<<a*b=c>>` are equations like any other (the `<`, `>`
+    around them end the prose equation `a*b = <<...>>c`, so it is not read twice).
+  * `x` is a multiplication only between numbers (`3 x 4`, `2x3`); `*` and `**` that are not
+    between numbers are markdown emphasis and ignored, as are list bullets (`- `, `* `) at
+    the start of a line. A line break, a word or any other character ends an equation.
+  * A run `E0 = E1 = ... = En` is n equations (E0 = E1, E1 = E2, ...); a pair where both
+    sides are plain numbers (`5 = 5`) is not an equation. `≈` reads as `=`.
+  * The final answer is `extract_answer` of `latent_ops.rewards` (boxed, `####`, "answer
+    is", else the last number).
+
+What is checked
+  * Correct: the left side's exact value equals the right side, or equals it after rounding
+    to the right side's decimal places (|left - right| <= half a unit of the right side's
+    last digit: `10/3 = 3.33` holds, `10/3 = 3.34` does not; a half-way value may round
+    either way, so `7/2 = 3` and `7/2 = 4` both hold). A running total
+    `12*2 = 24 + 6 = 30` is read as `12*2 = 24` and `24 + 6 = 30` when the right side starts
+    with the left side's value. A division by zero or an evaluation refused for size (below)
+    makes the equation wrong.
+  * Grounded: every number an equation uses (not the results it claims) appears in the
+    question, or is a result or intermediate value of an earlier equation (or an earlier
+    part of the same run), or is one of `CONSTANTS`: 0, 1, 2, 3, 4, 7, 10, 12, 24, 30, 52, 60,
+    100, 365, 1000 (halves and doubles, thirds and quarters, days a week, months and hours,
+    days a month, weeks a year, minutes, percent, days a year, thousands) and their
+    reciprocals (0.5, 0.25, 0.1, 0.01, ...). Question numbers are read the same way, plus
+    number words (`three`, `twenty-five`, `half`, `twice`, `a third`, `dozen`, `hundred`)
+    and `N%` / `N percent` / `N cents` also as N/100. A number written with decimals is also
+    grounded by a known value that rounds to it, up to 4 decimals (`0.33` by 1/3).
+  * Final: the final answer equals the result of some equation (its written right side, or
+    its value when the right side is an expression), equal after rounding the result to
+    the final answer's decimal places. `Verdict.final_from` is the latest such equation.
+
+Reward, in [-1, 0]
+    R = -(W_WRONG * wrong / equations
+          + W_UNGROUNDED * ungrounded / operands
+          + W_FINAL * [final answer is not the result of an equation])
+  with W_WRONG = 0.5 (a wrong calculation is the most direct evidence of a wrong answer),
+  W_FINAL = 0.3 (correct work whose result is not what the solution answers), W_UNGROUNDED =
+  0.2 (the weakest signal: grounding is a heuristic that misses some unit conversions and
+  worded numbers). The weights sum to 1: a fully consistent solution scores 0 and one that
+  fails everything -1. R is exactly -1 when nothing can be checked: no equation, no final
+  answer, or a final answer that is not a number.
+
+Bounds (hostile text cannot make it slow or crash)
+  Only the last `MAX_TEXT` characters of the answer and `MAX_QUESTION` of the question (its
+  start and end) are read; at most `MAX_EQUATIONS` equations, the last ones; an expression
+  has at most `MAX_EXPR_TOKENS` tokens and `MAX_DEPTH` nested parentheses (a side beyond
+  either is not read); a number of more than `MAX_DIGITS` digits is refused; a value whose
+  numerator or denominator exceeds `MAX_MAGNITUDE` is refused, and so is a power whose
+  exponent is not an integer of at most `MAX_EXPONENT` or whose result would be too large
+  (checked before computing it). The tokenizer is a single hand-written pass (no regular
+  expressions); parsing is recursive descent within those caps; nothing is `eval`ed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from latent_ops.rewards import extract_answer, immediate
+
+MAX_TEXT = 8_000  # characters of the answer read (its end)
+MAX_QUESTION = 16_000  # characters of the question read (its first and last halves)
+MAX_EQUATIONS = 64
+MAX_EXPR_TOKENS = 48  # tokens in one side of an equation
+MAX_DEPTH = 16  # nested parentheses
+MAX_DIGITS = 30
+MAX_MAGNITUDE = 10**60  # of a numerator or denominator
+MAX_EXPONENT = 64
+
+W_WRONG = 0.5
+W_FINAL = 0.3
+W_UNGROUNDED = 0.2
+
+_CONSTANT_INTS = (1, 2, 3, 4, 7, 10, 12, 24, 30, 52, 60, 100, 365, 1000)
+CONSTANTS = frozenset(
+    [Fraction(0)] + [Fraction(c) for c in _CONSTANT_INTS] + [Fraction(1, c) for c in _CONSTANT_INTS]
+)
+_ROUNDED_PLACES = (1, 2, 3, 4)  # decimals up to which a rounded number can be grounded
+
+_DIGITS = "0123456789"
+_SPACE = " \t\r\u00a0\u2009\u202f"
+_TRANSPARENT = _SPACE + "$€£"
+_MUL = "×·⋅∙✕"
+_DIV = "÷∕"
+_MINUS = "-−–"
+_OPERAND_START = set(_DIGITS + "(.$€£-−")
+_LATEX_OPS = {"times": "*", "cdot": "*", "div": "/"}
+_LATEX_SPACES = set(",;:! $")
+
+_UNITS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19,
+}  # fmt: skip
+_TENS = {
+    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
+    "eighty": 80, "ninety": 90,
+}  # fmt: skip
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6}
+_WORD_VALUES = {
+    "half": (2, Fraction(1, 2)), "halves": (2, Fraction(1, 2)), "twice": (2,),
+    "double": (2,), "doubles": (2,), "triple": (3,), "triples": (3,), "thrice": (3,),
+    "quadruple": (4,), "third": (3, Fraction(1, 3)), "thirds": (3, Fraction(1, 3)),
+    "quarter": (4, Fraction(1, 4)), "quarters": (4, Fraction(1, 4)),
+    "fourth": (4, Fraction(1, 4)), "fifth": (5, Fraction(1, 5)), "sixth": (6,),
+    "seventh": (7,), "eighth": (8,), "ninth": (9,), "tenth": (10, Fraction(1, 10)),
+    "dozen": (12,), "dozens": (12,), "pair": (2,), "pairs": (2,), "score": (20,),
+}  # fmt: skip
+
+
+# ---- tokens ---------------------------------------------------------------------------
+class _Tok:
+    """kind: "n" number, "!" a number too long to read, "o" operator (op: + - * / ^),
+    "(" ")", "=" and "w" (a word, value the lowercased word) or "|" (anything else): both
+    end an equation."""
+
+    __slots__ = ("kind", "op", "value", "decimals", "pct", "start", "end")
+
+    def __init__(self, kind, start, end, op="", value=None, decimals=0, pct=False):
+        self.kind, self.op, self.value = kind, op, value
+        self.decimals, self.pct, self.start, self.end = decimals, pct, start, end
+
+
+def _next_char(text: str, j: int) -> str:
+    while j < len(text) and text[j] in _SPACE:
+        j += 1
+    return text[j] if j < len(text) else ""
+
+
+def _read_number(text: str, i: int) -> _Tok:
+    n, j = len(text), i
+    while j < n and text[j] in _DIGITS:
+        j += 1
+    whole = [text[i:j]]
+    # thousands groups: a comma followed by exactly three digits, then no fourth
+    while (
+        j > i
+        and text[j : j + 1] == ","
+        and len(group := text[j + 1 : j + 4]) == 3
+        and all(c in _DIGITS for c in group)
+        and (j + 4 >= n or text[j + 4] not in _DIGITS)
+    ):
+        whole.append(group)
+        j += 4
+    frac = ""
+    if j + 1 < n and text[j] == "." and text[j + 1] in _DIGITS:
+        k = j + 1
+        while k < n and text[k] in _DIGITS:
+            k += 1
+        frac, j = text[j + 1 : k], k
+    pct = j < n and text[j] == "%"
+    end = j + 1 if pct else j
+    digits = "".join(whole) + frac
+    if len(digits) > MAX_DIGITS:
+        return _Tok("!", i, end)
+    value = Fraction(int(digits or "0"), 10 ** len(frac))
+    return _Tok("n", i, end, value=value, decimals=len(frac), pct=pct)
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    n, i, line_start = len(text), 0, True
+
+    def prev_kind() -> str:
+        return toks[-1].kind if toks else "|"
+
+    def add(kind, start, end, op="", value=None):
+        if kind == "|" and toks and toks[-1].kind == "|":
+            toks[-1].end = end
+        else:
+            toks.append(_Tok(kind, start, end, op=op, value=value))
+
+    def between_numbers(j: int) -> bool:
+        return prev_kind() in ("n", "!", ")") and _next_char(text, j) in _OPERAND_START
+
+    while i < n:
+        c = text[i]
+        if c in _DIGITS or (c == "." and i + 1 < n and text[i + 1] in _DIGITS):
+            tok = _read_number(text, i)
+            toks.append(tok)
+            i, line_start = tok.end, False
+            continue
+        if c == "\n":
+            add("|", i, i + 1)
+            i, line_start = i + 1, True
+            continue
+        if c in _TRANSPARENT:
+            i += 1
+            continue
+        if line_start and c in "-*+•" and i + 1 < n and text[i + 1] == " ":  # list bullet
+            i, line_start = i + 1, False
+            continue
+        line_start = False
+        if c.isalpha():
+            j = i
+            while j < n and text[j].isalpha():
+                j += 1
+            word = text[i:j]
+            if word in ("x", "X") and between_numbers(j):
+                add("o", i, j, op="*")
+            else:
+                add("w", i, j, value=word.lower())
+            i = j
+        elif c == "\\":
+            j = i + 1
+            while j < n and text[j].isascii() and text[j].isalpha():
+                j += 1
+            name = text[i + 1 : j]
+            if name in _LATEX_OPS:
+                add("o", i, j, op=_LATEX_OPS[name])
+            elif name:
+                add("|", i, j)
+            elif j < n and text[j] in _LATEX_SPACES:  # \, \; \! \$: spacing, escaped $
+                j += 1
+            else:
+                j = min(j + 1, n)
+                add("|", i, j)
+            i = j
+        elif c == "*":
+            j = i + 2 if text[i + 1 : i + 2] == "*" else i + 1
+            if between_numbers(j):
+                add("o", i, j, op="^" if j == i + 2 else "*")
+            i = j  # otherwise markdown emphasis: ignored
+        else:
+            if c == "+":
+                add("o", i, i + 1, op="+")
+            elif c in _MINUS:
+                add("o", i, i + 1, op="-")
+            elif c in _MUL:
+                add("o", i, i + 1, op="*")
+            elif c == "/" or c in _DIV:
+                add("o", i, i + 1, op="/")
+            elif c == "^":
+                add("o", i, i + 1, op="^")
+            elif c == "(":
+                add("(", i, i + 1)
+            elif c == ")":
+                add(")", i, i + 1)
+            elif c in "=≈":
+                if toks and toks[-1].kind == "=":  # "==": one sign
+                    toks[-1].end = i + 1
+                else:
+                    add("=", i, i + 1)
+            else:
+                add("|", i, i + 1)
+            i += 1
+    return toks
+
+
+# ---- parsing: recursive descent over a bounded token range ----------------------------
+# nodes: ("n", tok) | ("u", node) (negation) | (op, left, right)
+class _Parser:
+    def __init__(self, toks: list[_Tok], end: int):
+        self.toks, self.end = toks, end
+
+    def _op(self, i: int, ops: str) -> bool:
+        return i < self.end and self.toks[i].kind == "o" and self.toks[i].op in ops
+
+    def expr(self, i: int, depth: int):
+        first = self.term(i, depth)
+        if first is None:
+            return None
+        node, i = first
+        while self._op(i, "+-"):
+            right = self.term(i + 1, depth)
+            if right is None:
+                break  # "5 +" then prose: the expression is "5"
+            node, i = (self.toks[i].op, node, right[0]), right[1]
+        return node, i
+
+    def term(self, i: int, depth: int):
+        first = self.unary(i, depth)
+        if first is None:
+            return None
+        node, i = first
+        while self._op(i, "*/"):
+            right = self.unary(i + 1, depth)
+            if right is None:
+                break
+            node, i = (self.toks[i].op, node, right[0]), right[1]
+        return node, i
+
+    def unary(self, i: int, depth: int):
+        if self._op(i, "+-"):
+            inner = self.unary(i + 1, depth)  # at most MAX_EXPR_TOKENS deep
+            if inner is None:
+                return None
+            return (("u", inner[0]) if self.toks[i].op == "-" else inner[0]), inner[1]
+        return self.power(i, depth)
+
+    def power(self, i: int, depth: int):
+        base = self.primary(i, depth)
+        if base is None:
+            return None
+        node, i = base
+        if self._op(i, "^"):
+            exponent = self.unary(i + 1, depth)
+            if exponent is not None:
+                node, i = ("^", node, exponent[0]), exponent[1]
+        return node, i
+
+    def primary(self, i: int, depth: int):
+        if i >= self.end:
+            return None
+        tok = self.toks[i]
+        if tok.kind in ("n", "!"):
+            return ("n", tok), i + 1
+        if tok.kind == "(" and depth < MAX_DEPTH:
+            inner = self.expr(i + 1, depth + 1)
+            if inner is None or inner[1] >= self.end or self.toks[inner[1]].kind != ")":
+                return None
+            return inner[0], inner[1] + 1
+        return None
+
+
+class _Refused(Exception):
+    pass
+
+
+def _bounded(v: Fraction) -> Fraction:
+    if abs(v.numerator) > MAX_MAGNITUDE or v.denominator > MAX_MAGNITUDE:
+        raise _Refused("a value is too large")
+    return v
+
+
+def _evaluate(node, pct: bool, inter: list[Fraction]) -> Fraction:
+    """Exact value; intermediate results go to `inter`. `pct`: read N% as N/100."""
+    kind = node[0]
+    if kind == "n":
+        tok = node[1]
+        if tok.kind == "!":
+            raise _Refused(f"a number has more than {MAX_DIGITS} digits")
+        return tok.value / 100 if pct and tok.pct else tok.value
+    if kind == "u":
+        return -_evaluate(node[1], pct, inter)
+    a = _evaluate(node[1], pct, inter)
+    b = _evaluate(node[2], pct, inter)
+    if kind == "+":
+        v = a + b
+    elif kind == "-":
+        v = a - b
+    elif kind == "*":
+        v = a * b
+    elif kind == "/":
+        if b == 0:
+            raise _Refused("division by zero")
+        v = a / b
+    else:  # "^"
+        if b.denominator != 1 or abs(b) > MAX_EXPONENT:
+            raise _Refused("an exponent is not a small integer")
+        e = int(b)
+        if a == 0 and e < 0:
+            raise _Refused("division by zero")
+        bits = max(abs(a.numerator).bit_length(), a.denominator.bit_length())
+        if (bits - 1) * abs(e) > 200:  # the result would pass MAX_MAGNITUDE (~2**199)
+            raise _Refused("a power is too large")
+        v = a**e
+    v = _bounded(v)
+    inter.append(v)
+    return v
+
+
+def _leaves(node, out: list[_Tok]) -> list[_Tok]:
+    if node[0] == "n":
+        out.append(node[1])
+    else:
+        for child in node[1:]:
+            _leaves(child, out)
+    return out
+
+
+def _single(node) -> tuple[_Tok, int] | None:
+    """(number, sign) when the node is a plain number, optionally negated."""
+    if node[0] == "n" and node[1].kind == "n":
+        return node[1], 1
+    if node[0] == "u" and node[1][0] == "n" and node[1][1].kind == "n":
+        return node[1][1], -1
+    return None
+
+
+def _close(value: Fraction, written: Fraction, decimals: int) -> bool:
+    """Equal, or equal after rounding `value` to `decimals` places."""
+    return value == written or 2 * abs(value - written) * 10**decimals <= 1
+
+
+# ---- known values (grounding) ---------------------------------------------------------
+class _Known:
+    def __init__(self):
+        self.exact: set[Fraction] = set(CONSTANTS)
+        self.rounded = {d: set() for d in _ROUNDED_PLACES}
+        for c in CONSTANTS:
+            self._round(c)
+
+    def _round(self, v: Fraction) -> None:
+        for d in _ROUNDED_PLACES:
+            scaled = v * 10**d
+            self.rounded[d].add(
+                (scaled.numerator * 2 + scaled.denominator) // (2 * scaled.denominator)
+            )
+
+    def add(self, v: Fraction) -> None:
+        v = abs(v)
+        if v not in self.exact:
+            self.exact.add(v)
+            self._round(v)
+
+    def has(self, tok: _Tok) -> bool:
+        if tok.kind != "n":
+            return False
+        values = (tok.value, tok.value / 100) if tok.pct else (tok.value,)
+        for v in values:
+            if v in self.exact:
+                return True
+        d = tok.decimals
+        return d in self.rounded and int(tok.value * 10**d) in self.rounded[d]
+
+
+def _question_values(question: str, known: _Known) -> None:
+    if len(question) > MAX_QUESTION:
+        question = question[: MAX_QUESTION // 2] + "\n" + question[-MAX_QUESTION // 2 :]
+    toks = _tokenize(question)
+    last_word_value = None
+    for k, tok in enumerate(toks):
+        if tok.kind == "n":
+            known.add(tok.value)
+            nxt = toks[k + 1] if k + 1 < len(toks) else None
+            if tok.pct or (
+                nxt is not None and nxt.kind == "w" and nxt.value in ("percent", "cents", "cent")
+            ):
+                known.add(tok.value / 100)
+            if (
+                k + 2 < len(toks)
+                and toks[k + 1].kind == "o"
+                and toks[k + 1].op == "/"
+                and toks[k + 2].kind == "n"
+                and toks[k + 2].value
+            ):
+                known.add(tok.value / toks[k + 2].value)  # "1/2"
+            last_word_value = tok.value if tok.value < 1000 else None
+        elif tok.kind == "w":
+            w = tok.value
+            value = _UNITS.get(w, _TENS.get(w))
+            if w in _UNITS and last_word_value in _TENS.values() and toks[k - 1].kind in ("w", "o"):
+                value = last_word_value + _UNITS[w]  # "twenty-five", "twenty five"
+            elif w in _SCALES and last_word_value is not None:
+                value = last_word_value * _SCALES[w]  # "three hundred"
+            elif w in _SCALES:
+                value = _SCALES[w]
+            for v in _WORD_VALUES.get(w, ()):
+                known.add(Fraction(v))
+            if value is not None:
+                known.add(Fraction(value))
+            last_word_value = value
+        elif tok.kind != "o":
+            last_word_value = None
+
+
+# ---- the verdict ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class EquationCheck:
+    text: str  # as written (at most 200 characters)
+    value: str | None  # the left side's exact value ("7/3"), None when refused
+    claimed: str | None  # the right side's value
+    correct: bool
+    operands: tuple[str, ...]  # numbers this equation uses (first counted here)
+    ungrounded: tuple[str, ...]  # those neither in the question nor derived earlier
+    note: str = ""  # why it is wrong, or how it was read ("percent as /100", "running total")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    equations: tuple[EquationCheck, ...]
+    final_answer: str | None
+    final_from: int | None  # index in `equations` of the latest one that produced it
+    wrong: int
+    operands: int
+    ungrounded: int
+    reward: float
+    note: str = ""  # why nothing could be checked, when reward is -1 for that
+
+
+def _number_text(v: Fraction | None) -> str | None:
+    return None if v is None else str(v)
+
+
+def _parse_final(text: str | None) -> tuple[Fraction, int] | None:
+    """A final answer as (value, decimals), or None when it is not a plain number."""
+    if text is None:
+        return None
+    s = text.strip().replace(",", "").rstrip(".")
+    sign = -1 if s.startswith("-") else 1
+    s = s.lstrip("-")
+    whole, _, frac = s.partition(".")
+    if not s or not all(c in _DIGITS for c in whole + frac) or not (whole or frac):
+        return None
+    if len(whole) + len(frac) > MAX_DIGITS:
+        return None
+    return sign * Fraction(int(whole + frac or "0"), 10 ** len(frac)), len(frac)
+
+
+def _lhs_start(toks: list[_Tok], eq: int) -> int:
+    """Where the expression ending just before toks[eq] starts: walk back while the tokens
+    can be adjacent in an expression and parentheses stay balanced."""
+    i, depth, lo = eq, 0, max(0, eq - MAX_EXPR_TOKENS)
+    while i > lo:
+        tok, after = toks[i - 1], (toks[i] if i < eq else None)
+        if tok.kind in ("n", "!"):
+            ok = after is None or after.kind in ("o", ")")
+        elif tok.kind == "o":
+            ok = after is not None and after.kind in ("n", "!", "(", "o")
+        elif tok.kind == ")":
+            ok = after is None or after.kind in ("o", ")")
+            depth += 1
+        elif tok.kind == "(":
+            ok = depth > 0 and after is not None and after.kind in ("n", "!", "(", "o")
+            depth -= 1
+        else:
+            ok = False
+        if not ok:
+            break
+        i -= 1
+    while i < eq and toks[i].kind == "o" and toks[i].op in "*/^":  # a dangling operator
+        i += 1
+    return i
+
+
+def _parse_chain(toks: list[_Tok], eq: int):
+    """[(node, start, end), ...] for E0 = E1 = ... starting at the "=" toks[eq]; the index of
+    the last "=" used. None when E0 or E1 cannot be read."""
+    start = _lhs_start(toks, eq)
+    if start >= eq or (start > 0 and toks[start].kind == "o" and toks[start - 1].kind == "w"):
+        return None  # nothing, or algebra: "S + 143 = ..." is not "+143 = ..."
+    left = _Parser(toks, eq).expr(start, 0)
+    if left is None or left[1] != eq:
+        return None
+    parts = [(left[0], start, eq)]
+    last_eq = eq
+    while True:
+        end = min(len(toks), last_eq + 1 + MAX_EXPR_TOKENS)
+        right = _Parser(toks, end).expr(last_eq + 1, 0)
+        if right is None:
+            break
+        parts.append((right[0], last_eq + 1, right[1]))
+        if right[1] < len(toks) and toks[right[1]].kind == "=":
+            last_eq = right[1]
+        else:
+            break
+    return (parts, last_eq) if len(parts) > 1 else None
+
+
+def _check_pair(left, right, toks) -> tuple[bool, str, Fraction | None, Fraction | None]:
+    """(correct, note, left value, right value) for one equation of a chain."""
+    lnode, rnode = left[0], right[0]
+    readings = (
+        (False, True) if any(t.pct for t in _leaves(lnode, []) + _leaves(rnode, [])) else (False,)
+    )
+    note, lv, rv = "", None, None
+    for pct in readings:
+        try:
+            lv = _evaluate(lnode, pct, [])
+            rv = _evaluate(rnode, pct, [])
+        except _Refused as exc:
+            note = f"refused: {exc}"
+            continue
+        rs, ls = _single(rnode), _single(lnode)
+        reading = " (percent as /100)" if pct else ""
+        if rs is not None:
+            ok = _close(lv, rv, rs[0].decimals)
+        elif ls is not None:
+            ok = _close(rv, lv, ls[0].decimals)
+        else:
+            ok = lv == rv
+            if not ok:
+                first = toks[right[1]]
+                lead = rnode
+                while lead[0] not in ("n", "u"):
+                    lead = lead[1]
+                if first.kind == "n" and lead[0] == "n" and lead[1] is first:
+                    lead_value = first.value / 100 if pct and first.pct else first.value
+                    if _close(lv, lead_value, first.decimals):
+                        return True, "running total" + reading, lv, rv
+        if ok:
+            return True, reading.strip(" ()"), lv, rv
+        note = "wrong"
+    return False, note, lv, rv
+
+
+def verify(question: str, answer: str) -> Verdict:
+    """Check the worked arithmetic of `answer` (a solution to `question`): see the module
+    docstring for what is read, what is checked and how it is scored."""
+    question = question if isinstance(question, str) else ""
+    answer = answer if isinstance(answer, str) else ""
+    text = answer[-MAX_TEXT:]
+    known = _Known()
+    _question_values(question, known)
+    toks = _tokenize(text)
+    eqs = [k for k, t in enumerate(toks) if t.kind == "="][-MAX_EQUATIONS:]
+
+    checks: list[EquationCheck] = []
+    results: list[tuple[int, Fraction]] = []  # (equation index, a result it claims)
+    used_eq = -1
+    for eq in eqs:
+        if eq <= used_eq or len(checks) >= MAX_EQUATIONS:
+            continue
+        chain = _parse_chain(toks, eq)
+        if chain is None:
+            continue
+        parts, used_eq = chain
+        singles = [_single(node) for node, _, _ in parts]
+        for k in range(len(parts) - 1):
+            if len(checks) >= MAX_EQUATIONS:
+                break
+            if singles[k] is not None and singles[k + 1] is not None:
+                continue  # "5 = 5" is not a calculation
+            operands, ungrounded = [], []
+            for j in (k, k + 1):
+                counted = (j == 0 and k == 0) or (j == k + 1 and singles[j] is None)
+                if not counted:
+                    continue
+                for leaf in _leaves(parts[j][0], []):
+                    operands.append(text[leaf.start : leaf.end])
+                    if not known.has(leaf):
+                        ungrounded.append(text[leaf.start : leaf.end])
+                inter: list[Fraction] = []
+                for pct in (
+                    (False, True) if any(t.pct for t in _leaves(parts[j][0], [])) else (False,)
+                ):
+                    try:
+                        known.add(_evaluate(parts[j][0], pct, inter))
+                    except _Refused:
+                        pass
+                for v in inter:
+                    known.add(v)
+            correct, note, lv, rv = _check_pair(parts[k], parts[k + 1], toks)
+            claimed = None
+            if singles[k + 1] is not None:
+                tok, sign = singles[k + 1]
+                claimed = sign * tok.value
+                known.add(claimed)
+                if tok.pct:
+                    known.add(claimed / 100)
+            elif rv is not None:
+                claimed = rv
+            if singles[k + 1] is None and singles[k] is not None and lv is not None:
+                known.add(lv)
+            if claimed is not None:
+                results.append((len(checks), claimed))
+                if singles[k + 1] is not None and singles[k + 1][0].pct:
+                    results.append((len(checks), claimed / 100))
+            src = text[toks[parts[k][1]].start : toks[parts[k + 1][2] - 1].end]
+            checks.append(
+                EquationCheck(
+                    text=" ".join(src.split())[:200],
+                    value=_number_text(lv),
+                    claimed=_number_text(claimed),
+                    correct=correct,
+                    operands=tuple(operands),
+                    ungrounded=tuple(ungrounded),
+                    note=note,
+                )
+            )
+
+    final_text = extract_answer(text)
+    final = _parse_final(final_text)
+    final_from = None
+    if final is not None:
+        for index, value in reversed(results):
+            if _close(value, final[0], final[1]):
+                final_from = index
+                break
+    wrong = sum(1 for c in checks if not c.correct)
+    n_operands = sum(len(c.operands) for c in checks)
+    n_ungrounded = sum(len(c.ungrounded) for c in checks)
+    if not checks:
+        reward, note = -1.0, "no equation"
+    elif final is None:
+        reward = -1.0
+        note = "no final answer" if final_text is None else "the final answer is not a number"
+    else:
+        penalty = (
+            W_WRONG * wrong / len(checks)
+            + W_UNGROUNDED * (n_ungrounded / n_operands if n_operands else 1.0)
+            + W_FINAL * (final_from is None)
+        )
+        reward, note = max(-1.0, 0.0 - penalty), ""
+    return Verdict(
+        equations=tuple(checks),
+        final_answer=final_text,
+        final_from=final_from,
+        wrong=wrong,
+        operands=n_operands,
+        ungrounded=n_ungrounded,
+        reward=reward,
+        note=note,
+    )
+
+
+class ArithmeticReward:
+    """`verify(prompt, answer).reward`: 0 for worked arithmetic that is correct, uses the
+    question's numbers and ends in its own result; down to -1 (module docstring)."""
+
+    kind = "arithmetic"
+    deterministic = True
+    values = None  # a continuum of scores in [-1, 0]
+    tokens = 0  # asks the model nothing
+
+    def score(self, prompt: str, answer: str):
+        return (yield from immediate(verify(prompt, answer).reward))
