@@ -75,7 +75,8 @@ class Generation:
     """Result of a `Generate` need.
 
     token_ids include a stop token when one ended the sequence (it is not in `text`).
-    latents: [len(token_ids), d] float32 on the CPU when `capture_latents` was set: row t is
+    latents: [len(token_ids), d] float32 on the model's device when `capture_latents` was
+    set (the vLLM backend recovers them on the CPU): row t is
     the last-layer state after the final norm at the position that produced token_ids[t].
     """
 

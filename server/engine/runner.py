@@ -53,7 +53,9 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     output_ids: list[int] = field(default_factory=list)
-    latents: list[torch.Tensor] = field(default_factory=list)  # each [d] float32, CPU
+    # each [d] float32 on the model's device: captured without a host copy, stacked once
+    # when the sequence finishes (latents_tensor)
+    latents: list[torch.Tensor] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     generator: torch.Generator | None = None
@@ -83,7 +85,8 @@ class Sequence:
         return self.finish_reason is not None
 
     def latents_tensor(self) -> torch.Tensor | None:
-        """[len(output_ids), d] float32, or None when latents were not captured."""
+        """[len(output_ids), d] float32 on the model's device (one gather for the whole
+        sequence), or None when latents were not captured."""
         if not self.params.capture_latents:
             return None
         return torch.stack(self.latents) if self.latents else torch.empty(0)
@@ -384,16 +387,15 @@ class ModelRunner:
         if any(s.params.logprobs is not None for s in seqs):
             logprobs = torch.log_softmax(logits, dim=-1)
         token_list = tokens.tolist()
-        latent_cpu = None
-        if any(s.params.capture_latents for s in seqs):
-            latent_cpu = latent.float().cpu()
+        # captured latents stay on the model's device: no device-to-host copy per token
+        latent_f = latent.float() if any(s.params.capture_latents for s in seqs) else None
         for row, seq in enumerate(seqs):
             if row in thinking:
                 continue  # this pass was a thought: no token
             token = token_list[row]
             seq.output_ids.append(token)
             if seq.params.capture_latents:
-                seq.latents.append(latent_cpu[row])
+                seq.latents.append(latent_f[row])
             if seq.params.logprobs is not None:
                 seq.logprobs.append(_token_logprob(logprobs[row], token, seq.params.logprobs))
             self._check_stop(seq, token)

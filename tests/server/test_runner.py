@@ -242,3 +242,34 @@ def test_a_looping_sequence_takes_a_batch_slot_and_leaves_on_abort_or_reset(mode
     assert runner.running == [again]
     runner.reset()
     assert again.finish_reason == "abort" and not runner.has_work and not runner.running
+
+
+def test_latent_capture_makes_no_host_copy_per_step(model, tok, monkeypatch):
+    """Captured latents stay on the model's device while decoding (a device-to-host copy
+    per token is a synchronisation per token on a GPU); they are gathered once at the end."""
+    runner = ModelRunner(model, max_batch_size=2, eos_token_ids={2})
+    seqs = [
+        Sequence(i, tok(p)["input_ids"], SamplingParams(max_tokens=8, capture_latents=True))
+        for i, p in enumerate(PROMPTS[:2])
+    ]
+    copies = []
+    real_cpu, real_to = torch.Tensor.cpu, torch.Tensor.to
+
+    def counting_cpu(self, *args, **kwargs):
+        copies.append(tuple(self.shape))
+        return real_cpu(self, *args, **kwargs)
+
+    def counting_to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if str(target) == "cpu" or getattr(target, "type", None) == "cpu":
+            copies.append(tuple(self.shape))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    _run(runner, seqs, [0, 0])
+    d = model.config.hidden_size
+    assert not [s for s in copies if s and s[-1] == d], copies  # no latent went to the host
+    for seq in seqs:
+        latents = seq.latents_tensor()
+        assert latents.shape == (len(seq.output_ids), d) and latents.device == runner.device
