@@ -17,7 +17,6 @@ SPECS = (
 
 
 def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsys):
-    pytest.importorskip("latent_ops.arithmetic")
     out = tmp_path / "frontier.json"
     cfg = EvalConfig(
         data="synthetic:4,seed=3",
