@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     from latent_ops.program import SamplingParams
     from latent_ops.rewards import ReferenceReward
     from server.config import ServerConfig
-    from server.engine.engine import build_engine, eos_token_ids, run_programs
+    from server.engine.build import build_engine, eos_token_ids, run_programs
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
     from server.tools.problems import load_problems

@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
 
     from latent_ops.program import Generate, SamplingParams
     from latent_ops.slr import SLRConfig, slr
-    from server.engine.engine import build_engine, run_programs
+    from server.engine.build import build_engine, run_programs
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
     from server.tools.problems import load_problems

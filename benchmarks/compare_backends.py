@@ -77,7 +77,7 @@ def compare(
     from latent_ops.latentseek import LatentSeekConfig, latentseek
     from latent_ops.program import Generate, SamplingParams
     from latent_ops.rewards import ReferenceReward
-    from server.engine.engine import build_engine, run_programs
+    from server.engine.build import build_engine, run_programs
     from server.refinement import chat_encoder
     from server.tools.eval import question_text
 

@@ -44,7 +44,7 @@ class ServerState:
 
 
 def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
-    from server.engine.engine import build_engine
+    from server.engine.build import build_engine
     from server.engine.loader import load_model
 
     if loaded is None:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from latent_ops.program import Generation
-from server.engine.engine import (
+from server.engine.interface import (
     CancelledError,
     Delta,
     Done,

@@ -24,8 +24,9 @@ prompt's logits are never computed (only the last position's) and the state afte
 final norm, the *latent* the LM head reads, is at hand for every generated token.
 
 It knows token ids and tensors only: text, stop strings, HTTP and programs live above it
-(`server/engine/engine.py`). Supported: decoder-only models with full attention whose
-logits are `lm_head(final_norm(h))` (Llama, Qwen2, Mistral without sliding window, ...).
+(`server/engine/engine.py`, `server/engine/detokenizer.py`). Supported: decoder-only
+models with full attention whose logits are `lm_head(final_norm(h))` (Llama, Qwen2,
+Mistral without sliding window, ...).
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class InProcess:
 
     def __init__(self, cfg: EvalConfig, max_requests: int):
         from server.config import ServerConfig
-        from server.engine.engine import build_engine
+        from server.engine.build import build_engine
         from server.engine.loader import load_model
         from server.refinement import chat_encoder
 
@@ -161,7 +161,7 @@ class InProcess:
 
     def run(self, bodies: list[dict], questions: list[str], progress) -> list[tuple]:
         """(program output or exception, seconds to finish) per request body, run together."""
-        from server.engine.engine import run_programs
+        from server.engine.build import run_programs
         from server.protocol import ChatCompletionRequest
         from server.refinement import PromptRecord, build_program
 

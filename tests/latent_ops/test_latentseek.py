@@ -7,8 +7,8 @@ import pytest
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import SamplingParams
 from latent_ops.rewards import ReferenceReward, RegexReward
+from server.engine.build import run_programs as engine_run
 from server.engine.engine import Engine
-from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
 from tests.support.paper_reference import paper_latentseek
 

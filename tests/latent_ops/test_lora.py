@@ -6,8 +6,8 @@ import torch
 from latent_ops.lora import AdapterConfig, LoopAdapter, LoRABank
 from latent_ops.program import SamplingParams
 from latent_ops.slr import SLRConfig, slr
+from server.engine.build import run_programs as engine_run
 from server.engine.engine import Engine
-from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner
 from tests.tiny import build_model
 

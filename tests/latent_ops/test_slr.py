@@ -11,8 +11,8 @@ from latent_ops.lora import AdapterConfig, LoopAdapter, LoRABank
 from latent_ops.program import Generate, SamplingParams
 from latent_ops.slr import SLRConfig, Thoughts, ThoughtState, loop_input, slr, timestep_embedding
 from server.engine import recurrent
+from server.engine.build import run_programs as engine_run
 from server.engine.engine import Engine
-from server.engine.engine import run_programs as engine_run
 from server.engine.runner import ModelRunner, Sequence
 from tests.tiny import build_model
 

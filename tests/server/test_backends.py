@@ -189,7 +189,7 @@ def test_vllm_equals_the_torch_runner(live, vllm_sized_loaded):
     from latent_ops.latentseek import LatentSeekConfig, latentseek
     from latent_ops.program import Generate, SamplingParams
     from latent_ops.rewards import ReferenceReward
-    from server.engine.engine import build_engine, run_programs
+    from server.engine.build import build_engine, run_programs
 
     prompts = [[1, 5, 6, 7, 8], [1, 9, 10], [1, 40, 41, 42, 43, 44, 45]]
 
@@ -227,7 +227,7 @@ def test_a_torch_failure_leaves_vllm_requests_alone(live):
     a plain request decoding in vLLM at that moment finishes normally."""
     from latent_ops.program import Generate, SamplingParams
     from latent_ops.slr import SLRConfig, Thoughts
-    from server.engine.engine import run_programs
+    from server.engine.build import run_programs
 
     engine = live.engine
     runner = engine.runner
@@ -273,7 +273,7 @@ def test_an_older_request_is_admitted_before_newer_ones(live):
     batch, a new request queues, then an older one's sequence arrives; when the first slot
     frees, the older one gets it."""
     from latent_ops.program import Call, Generate, SamplingParams
-    from server.engine.engine import Done, Failed, RequestStats
+    from server.engine.interface import Done, Failed, RequestStats
 
     engine = live.engine
     gate, finished, stats = threading.Event(), threading.Semaphore(0), {}

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from latent_ops.latentseek import LatentUpdate
-from server.engine import engine as engine_module
-from server.engine.engine import Done, Failed, RequestStats, _Request, build_engine
+from server.engine import latent_updates as engine_module
+from server.engine.build import build_engine
+from server.engine.engine import _Request
+from server.engine.interface import Done, Failed, RequestStats
 
 
 def _update(reward: float, d: int, seed: int):

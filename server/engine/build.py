@@ -1,0 +1,120 @@
+"""Putting an engine together, and running programs on one without HTTP.
+
+- `build_engine(loaded, ...)`: a runner (the torch `ModelRunner`, with SLR loop adapters
+  when given, wrapped in a `VLLMRunner` for `backend="vllm"`) and an `Engine` over it,
+  not started.
+- `eos_token_ids(model, tokenizer)`: every end-of-sequence id the model's configs and
+  tokenizer name.
+- `run_programs(engine, programs)`: submit programs to a started engine and wait for
+  their outputs (the evaluation tool, benchmarks, tests).
+
+It does not load models (server/engine/loader.py), start or stop the engine, or serve
+HTTP (server/app.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from server.engine.engine import Engine
+from server.engine.interface import Done, Failed, RequestStats
+from server.engine.runner import ModelRunner
+
+
+def build_engine(
+    loaded,
+    *,
+    max_batch_size: int = 8,
+    max_model_len: int | None = None,
+    max_queued_requests: int = 64,
+    on_finish=None,
+    on_latent_update=None,
+    slr_adapters: dict[str, str] | None = None,
+    backend: str = "hf",
+    vllm_kv_cache_gib: int = 2,
+) -> Engine:
+    """A runner and an engine (not started) for a `LoadedModel`.
+
+    The context length is the smaller of `max_model_len` and the model's own.
+    slr_adapters: name -> directory of SLR loop adapters (`latentserve train-slr`).
+    backend: `hf` (the torch runner decodes) or `vllm` (vLLM decodes, torch keeps the
+    latents: server/engine/vllm_runner.py); vLLM loads `loaded.path` itself.
+    """
+    model, tok = loaded.model, loaded.tokenizer
+    model_len = getattr(model.config, "max_position_embeddings", None) or 2048
+    runner = ModelRunner(
+        model,
+        max_batch_size=max_batch_size,
+        max_model_len=min(max_model_len or model_len, model_len),
+        eos_token_ids=eos_token_ids(model, tok),
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+    )
+    if slr_adapters:
+        from latent_ops.lora import LoopAdapter, LoRABank
+
+        bank = LoRABank()
+        device = next(model.parameters()).device
+        for name, path in slr_adapters.items():
+            adapter = LoopAdapter.load(path, model).to(device).requires_grad_(False)
+            bank.add(name, adapter)
+        bank.install(model)
+        runner.lora = bank
+    if backend == "vllm":
+        from server.engine.vllm_runner import VLLMRunner
+
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        runner = VLLMRunner(runner, str(loaded.path), dtype=dtype, kv_cache_gib=vllm_kv_cache_gib)
+    elif backend != "hf":
+        raise ValueError(f"unknown backend {backend!r}: hf or vllm")
+    return Engine(
+        runner,
+        tok,
+        max_queued_requests=max_queued_requests,
+        on_finish=on_finish,
+        on_latent_update=on_latent_update,
+    )
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every end-of-sequence id the generation config, model config or tokenizer names."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def run_programs(engine: Engine, programs, on_done=None, timeout: float | None = None) -> list:
+    """Submit programs to a started engine and wait for all; their outputs in order.
+
+    A failed program's output is its exception. `on_done(index, output)` is called on the
+    engine thread as each finishes (e.g. a progress bar).
+    """
+    outputs: list = [None] * len(programs)
+    left = threading.Semaphore(0)
+
+    def sink_for(i):
+        def sink(event):
+            if isinstance(event, (Done, Failed)):
+                outputs[i] = event.output if isinstance(event, Done) else event.error
+                if on_done is not None:
+                    on_done(i, outputs[i])
+                left.release()
+
+        return sink
+
+    tag = next(_run_tags)
+    for i, program in enumerate(programs):
+        rid = f"run{tag}-{i}"
+        engine.submit(rid, program, sink_for(i), RequestStats(request_id=rid))
+    for _ in programs:
+        if not left.acquire(timeout=timeout):
+            raise TimeoutError("programs did not finish in time")
+    return outputs
+
+
+_run_tags = itertools.count()
