@@ -2,7 +2,9 @@
 
 `load_problems(spec)` takes a path to a JSONL file in GSM8K's format (`question`, and
 `answer` ending in `#### N`) or `synthetic:N[,seed=S][,steps=A-B]`: N arithmetic word
-problems of A to B steps (default 1-3), the same set for the same seed. Problems only:
+problems of A to B steps (default 1-3), the same set for the same seed; or
+`varied:N[,seed=S][,steps=A-B]`: the same kind of problems from a second, independently
+worded generator (`server/tools/problems_alt.py`, steps up to 4). Problems only:
 no model, no prompts, no scoring (`server/tools/eval.py`).
 
 `DEFAULT_GSM8K` is the `--data` default of every tool here: the 50-row GSM8K sample that
@@ -38,6 +40,10 @@ class Problem:
 def load_problems(spec: str, limit: int | None = None) -> list[Problem]:
     if spec.startswith("synthetic:"):
         problems = _synthetic_from_spec(spec[len("synthetic:") :])
+    elif spec.startswith("varied:"):
+        from server.tools.problems_alt import varied_from_spec
+
+        problems = varied_from_spec(spec[len("varied:") :])
     else:
         problems = list(_read_gsm8k(Path(spec)))
     return problems[:limit] if limit is not None else problems
