@@ -14,11 +14,16 @@ on `synthetic:` problems can be measured on problems that share none of their wo
 - varied questions ("How many ... now?", "What is the total ...?", "How many ... are left?",
   "How many ... does each person receive?", "How many groups ...?"), chosen to fit the last
   operation;
+- about 30% of problems are about money (MONEY_FRACTION): a price per item times a count,
+  then delivery fees, coupons or a bill split equally ("What is the total cost?", "How much
+  does each person pay?"), or a budget less purchases at a price per item, plus earnings,
+  less spending ("How much money is left?");
 - about 25% of problems (each with probability 0.25) carry one irrelevant sentence with a
   number that the solution does not use (a distractor), at a random place before the question.
 
 `rationale` is one equation per operation in the first generator's format ("12 * 4 = 48";
-division "48 / 4 = 12"), each starting from the previous result; the last result is `answer`.
+division "48 / 4 = 12"), each using the previous result (a purchase from a budget is two
+equations, "3 * 8 = 24" then "50 - 24 = 26"); the last result is `answer`.
 No question repeats within one generated set.
 """
 
@@ -91,7 +96,19 @@ def _divisors(value: int) -> list[int]:
     return [k for k in range(2, 10) if value % k == 0 and value // k >= 2]
 
 
+# money problems: goods with a price range in dollars (none of the count objects above)
+_GOODS = [
+    ("kites", 4, 15), ("lanterns", 3, 12), ("scarves", 6, 25), ("jigsaw puzzles", 5, 18),
+    ("concert tickets", 12, 45), ("flower pots", 2, 9), ("paintbrushes", 2, 7),
+]  # fmt: skip
+_JOBS = ["walking dogs", "washing windows", "tutoring", "raking leaves", "selling lemonade"]
+MONEY_FRACTION = 0.3  # share of problems about money (prices, total cost, money left)
+DISTRACTOR_FRACTION = 0.25
+
+
 def _one_problem(rng: random.Random, steps: int) -> Problem:
+    if rng.random() < MONEY_FRACTION:
+        return _money_problem(rng, steps)
     name, obj = rng.choice(_NAMES), rng.choice(_OBJECTS)
     work: list[str] = []
     used: set[int] = set()
@@ -198,19 +215,7 @@ def _one_problem(rng: random.Random, steps: int) -> Problem:
         used |= {k, value}
         last = op
 
-    if rng.random() < 0.25:
-        d = rng.randint(2, 60)
-        while d in used:
-            d += 1
-        distractor = rng.choice(
-            [
-                f"{rng.choice(_OTHERS)} is {d} years old.",
-                f"The bus ride to the harbour takes {d} minutes.",
-                f"It rained on {d} days last season.",
-                f"{name}'s street is {d} blocks long.",
-            ]
-        )
-        sentences.insert(rng.randint(1, len(sentences)), distractor)
+    _maybe_distractor(rng, name, sentences, used)
 
     if last == "groups":
         question = f"How many groups of {obj} does {name} make?"
@@ -228,5 +233,134 @@ def _one_problem(rng: random.Random, steps: int) -> Problem:
                 f"How many {obj} are in {name}'s collection now?",
             ]
         )
+    sentences.append(question)
+    return Problem(" ".join(sentences), str(value), steps, tuple(work))
+
+
+def _maybe_distractor(rng: random.Random, name: str, sentences: list[str], used: set[int]):
+    """With probability DISTRACTOR_FRACTION, insert a sentence whose number is not used."""
+    if rng.random() < DISTRACTOR_FRACTION:
+        d = rng.randint(2, 60)
+        while d in used:
+            d += 1
+        distractor = rng.choice(
+            [
+                f"{rng.choice(_OTHERS)} is {d} years old.",
+                f"The bus ride to the harbour takes {d} minutes.",
+                f"It rained on {d} days last season.",
+                f"{name}'s street is {d} blocks long.",
+            ]
+        )
+        sentences.insert(rng.randint(1, len(sentences)), distractor)
+
+
+def _money_problem(rng: random.Random, steps: int) -> Problem:
+    """A total cost (price per item times count, then fees, coupons, a split bill) or the
+    money left from a budget (purchases at a price per item, earnings, spending)."""
+    name = rng.choice(_NAMES)
+    goods, p_lo, p_hi = rng.choice(_GOODS)
+    work: list[str] = []
+    used: set[int] = set()
+    if rng.random() < 0.5:
+        # total cost: the first operation is price * count, each later one changes the bill
+        price, count = rng.randint(p_lo, p_hi), rng.randint(2, 12)
+        value = price * count
+        sentences = [
+            rng.choice(
+                [
+                    f"{name} buys {count} {goods} at ${price} each.",
+                    f"One of the {goods} costs ${price}, and {name} orders {count} of them.",
+                ]
+            )
+        ]
+        work.append(f"{price} * {count} = {value}")
+        used |= {price, count, value}
+        last = "cost"
+        for i in range(steps - 1):
+            final = i == steps - 2
+            before = value
+            ops = ["fee", "coupon"] + (["split"] if final and _divisors(value) else [])
+            op = rng.choice(ops)
+            if op == "fee":
+                k = rng.randint(3, 30)
+                value += k
+                sentences.append(
+                    rng.choice(
+                        [
+                            f"Delivery adds ${k} to the bill.",
+                            f"{name} also pays ${k} for gift wrapping.",
+                        ]
+                    )
+                )
+                work.append(f"{before} + {k} = {value}")
+            elif op == "coupon":
+                k = rng.randint(1, min(value - 1, 40))
+                value -= k
+                sentences.append(f"A coupon takes ${k} off the bill.")
+                work.append(f"{before} - {k} = {value}")
+            else:
+                k = rng.choice(_divisors(value))
+                value //= k
+                sentences.append(
+                    f"{name} and {k - 1} {rng.choice(_FRIENDS)} split the bill equally."
+                )
+                work.append(f"{before} / {k} = {value}")
+                last = "split"
+            used |= {k, value}
+        question = (
+            "How much does each person pay?"
+            if last == "split"
+            else rng.choice(["What is the total cost?", f"How much does {name} pay in all?"])
+        )
+    else:
+        # money left: a purchase at a price per item is two operations (count * price, then
+        # the budget minus that cost)
+        value = _number(rng, 40, 120, 600)
+        sentences = [
+            rng.choice(
+                [
+                    f"{name} takes ${value} to the shops.",
+                    f"{name}'s wallet holds ${value}.",
+                    f"{name} saved ${value} over the summer.",
+                ]
+            )
+        ]
+        used.add(value)
+        remaining = steps
+        while remaining:
+            before = value
+            if remaining >= 2 and value >= 2 * p_lo + 1 and rng.random() < 0.6:
+                count = rng.randint(2, min(9, (value - 1) // p_lo))
+                price = rng.randint(p_lo, max(p_lo, min(p_hi, (value - 1) // count)))
+                cost = count * price
+                value -= cost
+                sentences.append(f"{name} buys {count} {goods} for ${price} each.")
+                work += [f"{count} * {price} = {cost}", f"{before} - {cost} = {value}"]
+                used |= {count, price, cost, value}
+                remaining -= 2
+                continue
+            if rng.random() < 0.5 and value > 1:
+                k = rng.randint(1, min(value - 1, 60))
+                value -= k
+                sentences.append(
+                    rng.choice(
+                        [
+                            f"{name} spends ${k} on a bus pass.",
+                            f"{name} donates ${k} to the animal shelter.",
+                        ]
+                    )
+                )
+                work.append(f"{before} - {k} = {value}")
+            else:
+                k = rng.randint(5, 80)
+                value += k
+                sentences.append(f"{name} earns ${k} {rng.choice(_JOBS)}.")
+                work.append(f"{before} + {k} = {value}")
+            used |= {k, value}
+            remaining -= 1
+        question = rng.choice(
+            ["How much money is left?", f"How many dollars does {name} end up with?"]
+        )
+    _maybe_distractor(rng, name, sentences, used)
     sentences.append(question)
     return Problem(" ".join(sentences), str(value), steps, tuple(work))

@@ -31,19 +31,22 @@ def test_steps_range_and_spec_errors():
 def test_answers_follow_the_rationale():
     ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
     for p in varied_problems(300, seed=2, steps=(1, 4)):
-        previous = None
-        for line in p.rationale:
-            a, op, b, c = EQUATION.match(line).groups()
-            a, b, c = int(a), int(b), int(c)
+        eqs = [tuple(int(x) if x.isdigit() else x for x in EQUATION.match(line).groups())
+               for line in p.rationale]  # fmt: skip
+        for n, (a, op, b, c) in enumerate(eqs):
             if op == "/":
-                assert b != 0 and a % b == 0 and a // b == c, line
+                assert b != 0 and a % b == 0 and a // b == c, p
             else:
-                assert ops[op](a, b) == c, line
-            assert c >= 0
-            if previous is not None:
-                assert a == previous, p
-            previous = c
-        assert str(previous) == p.answer and int(p.answer) >= 0
+                assert ops[op](a, b) == c, p
+            assert c >= 0, p
+            if n == 0:
+                continue
+            previous = eqs[n - 1][3]
+            # each equation uses the previous result, except a purchase from a budget:
+            # count * price, then (the next equation) the previous result minus that cost
+            if previous not in (a, b):
+                assert op == "*" and eqs[n + 1][:3] == (previous, "-", c), p
+        assert str(eqs[-1][3]) == p.answer and int(p.answer) >= 0
 
 
 def test_operands_sometimes_large():
@@ -85,3 +88,13 @@ def test_distractor_fraction():
 def test_no_repeated_question():
     qs = [p.question for p in varied_problems(200, steps=(1, 2))]
     assert len(set(qs)) == len(qs)
+
+
+def test_money_problems():
+    ps = varied_problems(200, steps=(1, 4))
+    money = [p for p in ps if "$" in p.question]
+    assert 0.2 <= len(money) / len(ps) <= 0.4
+    asks = " ".join(p.question for p in money)
+    for phrase in ["What is the total cost?", "How much money is left?", "each person pay?"]:
+        assert phrase in asks
+    assert any(" each." in p.question for p in money)  # a price per item
