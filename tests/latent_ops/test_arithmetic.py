@@ -187,6 +187,9 @@ def _hostile() -> dict[str, str]:
         "equals signs": "=" * 100_000,
         "annotations": "<<" * 30_000 + "1*1=1" + ">>" * 30_000,
         "bidi and nulls": "\u202e\x00\ufeff3 × 4 = 12\u200b" * 5_000,
+        "power towers": "9**9**9 = 1, 9^9^9 = 2, 2 ** 9**9**9 = 3\n" * 1_000,
+        "500-digit numbers": ("7" * 500 + " * " + "3" * 500 + " = " + "1" * 500 + "\n") * 10,
+        "10,000 nested parentheses": "(" * 10_000 + "2 + 2" + ")" * 10_000 + " = 4",
     }
 
 
