@@ -44,21 +44,16 @@ class ServerState:
 
 
 def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
-    from server.engine.build import build_engine
+    from server.engine.build import EngineConfig, build_engine
     from server.engine.loader import load_model
 
     if loaded is None:
         loaded = load_model(config.model, device=config.device, dtype=config.dtype)
     engine = build_engine(
         loaded,
-        max_batch_size=config.max_batch_size,
-        max_model_len=config.max_model_len,
-        max_queued_requests=config.max_queued_requests,
+        EngineConfig.from_server(config),
         on_finish=lambda stats: _finished(metrics if config.enable_metrics else None, stats),
         on_latent_update=metrics.record_latent_update if config.enable_metrics else None,
-        slr_adapters=config.adapter_dirs,
-        backend=config.backend,
-        vllm_kv_cache_gib=config.vllm_kv_cache_gib,
     )
     metrics.bind_engine(engine, _device_memory_fn(engine.runner.device, loaded.model))
     engine.start()

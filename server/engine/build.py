@@ -1,8 +1,10 @@
 """Putting an engine together, and running programs on one without HTTP.
 
-- `build_engine(loaded, ...)`: a runner (the torch `ModelRunner`, with SLR loop adapters
-  when given, wrapped in a `VLLMRunner` for `backend="vllm"`) and an `Engine` over it,
-  not started.
+- `EngineConfig`: the engine's settings (batch size, context length, queue bound, SLR
+  adapters, backend); `EngineConfig.from_server(server_config)` for the server.
+- `build_engine(loaded, config, ...)`: a runner (the torch `ModelRunner`, with SLR loop
+  adapters when given, wrapped in a `VLLMRunner` for `backend="vllm"`) and an `Engine`
+  over it, not started.
 - `eos_token_ids(model, tokenizer)`: every end-of-sequence id the model's configs and
   tokenizer name.
 - `run_programs(engine, programs)`: submit programs to a started engine and wait for
@@ -16,63 +18,91 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from server.engine.engine import Engine
 from server.engine.interface import Done, Failed, RequestStats
 from server.engine.runner import ModelRunner
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """The settings `build_engine` needs (the server's come from `ServerConfig`)."""
+
+    max_batch_size: int = 8
+    max_model_len: int | None = None  # capped at the model's own context length
+    max_queued_requests: int = 64
+    slr_adapters: dict[str, str] | None = None  # name -> directory (`latentserve train-slr`)
+    backend: str = "hf"  # "hf" (torch decodes) or "vllm" (server/engine/vllm_runner.py)
+    vllm_kv_cache_gib: int = 2
+    latent_impl: str = "auto"  # kernels.latent_pg_step's impl
+
+    @classmethod
+    def from_server(cls, config) -> EngineConfig:
+        """The engine's part of a `server.config.ServerConfig`."""
+        return cls(
+            max_batch_size=config.max_batch_size,
+            max_model_len=config.max_model_len,
+            max_queued_requests=config.max_queued_requests,
+            slr_adapters=config.adapter_dirs,
+            backend=config.backend,
+            vllm_kv_cache_gib=config.vllm_kv_cache_gib,
+        )
+
+
 def build_engine(
     loaded,
+    config: EngineConfig | None = None,
     *,
-    max_batch_size: int = 8,
-    max_model_len: int | None = None,
-    max_queued_requests: int = 64,
-    on_finish=None,
-    on_latent_update=None,
-    slr_adapters: dict[str, str] | None = None,
-    backend: str = "hf",
-    vllm_kv_cache_gib: int = 2,
+    on_finish: Callable[[RequestStats], None] | None = None,
+    on_latent_update: Callable[[float, int], None] | None = None,
+    **settings,
 ) -> Engine:
     """A runner and an engine (not started) for a `LoadedModel`.
 
-    The context length is the smaller of `max_model_len` and the model's own.
-    slr_adapters: name -> directory of SLR loop adapters (`latentserve train-slr`).
-    backend: `hf` (the torch runner decodes) or `vllm` (vLLM decodes, torch keeps the
-    latents: server/engine/vllm_runner.py); vLLM loads `loaded.path` itself.
+    `settings` override fields of `config` (e.g. `build_engine(loaded, max_batch_size=4)`).
+    The context length is the smaller of `max_model_len` and the model's own. With
+    `backend="vllm"`, vLLM decodes and torch keeps the latents; vLLM loads `loaded.path`
+    itself. `on_finish` gets each request's `RequestStats`; `on_latent_update` gets
+    (seconds, rows) per batched latent update.
     """
+    cfg = replace(config or EngineConfig(), **settings)
     model, tok = loaded.model, loaded.tokenizer
     model_len = getattr(model.config, "max_position_embeddings", None) or 2048
     runner = ModelRunner(
         model,
-        max_batch_size=max_batch_size,
-        max_model_len=min(max_model_len or model_len, model_len),
+        max_batch_size=cfg.max_batch_size,
+        max_model_len=min(cfg.max_model_len or model_len, model_len),
         eos_token_ids=eos_token_ids(model, tok),
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
     )
-    if slr_adapters:
+    if cfg.slr_adapters:
         from latent_ops.lora import LoopAdapter, LoRABank
 
         bank = LoRABank()
         device = next(model.parameters()).device
-        for name, path in slr_adapters.items():
+        for name, path in cfg.slr_adapters.items():
             adapter = LoopAdapter.load(path, model).to(device).requires_grad_(False)
             bank.add(name, adapter)
         bank.install(model)
         runner.lora = bank
-    if backend == "vllm":
+    if cfg.backend == "vllm":
         from server.engine.vllm_runner import VLLMRunner
 
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        runner = VLLMRunner(runner, str(loaded.path), dtype=dtype, kv_cache_gib=vllm_kv_cache_gib)
-    elif backend != "hf":
-        raise ValueError(f"unknown backend {backend!r}: hf or vllm")
+        runner = VLLMRunner(
+            runner, str(loaded.path), dtype=dtype, kv_cache_gib=cfg.vllm_kv_cache_gib
+        )
+    elif cfg.backend != "hf":
+        raise ValueError(f"unknown backend {cfg.backend!r}: hf or vllm")
     return Engine(
         runner,
         tok,
-        max_queued_requests=max_queued_requests,
+        max_queued_requests=cfg.max_queued_requests,
         on_finish=on_finish,
         on_latent_update=on_latent_update,
+        latent_impl=cfg.latent_impl,
     )
 
 

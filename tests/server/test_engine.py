@@ -212,3 +212,17 @@ def test_a_failing_step_fails_only_its_batch(tok):
         assert Client(engine, "d", _need(tok, "dd", max_tokens=2)).result().output.text == "dd"
     finally:
         engine.shutdown()
+
+
+def test_build_engine_takes_an_engine_config_and_overrides(tiny_loaded):
+    from server.config import ServerConfig
+    from server.engine.build import EngineConfig, build_engine
+
+    engine = build_engine(tiny_loaded, EngineConfig(max_batch_size=3), max_queued_requests=5)
+    assert engine.runner.max_batch_size == 3
+    assert engine.max_queued_requests == 5
+    assert engine.runner.max_model_len <= tiny_loaded.model.config.max_position_embeddings
+    cfg = EngineConfig.from_server(ServerConfig(model="x", max_batch_size=2))
+    assert (cfg.max_batch_size, cfg.backend) == (2, "hf")
+    with pytest.raises(TypeError):
+        build_engine(tiny_loaded, max_batch=4)  # not a setting
