@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.engine.runner import Sequence
+    from server.engine.sequence import Sequence
 
 
 class Detokenizer:

@@ -43,7 +43,7 @@ from server.engine.interface import (
     Runner,
 )
 from server.engine.latent_updates import run_latent_updates
-from server.engine.runner import Sequence
+from server.engine.sequence import Sequence
 
 log = logging.getLogger("latentserve.engine")
 

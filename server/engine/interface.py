@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from server.engine.runner import Sequence
+    from server.engine.sequence import Sequence
 
 
 class QueueFull(RuntimeError):

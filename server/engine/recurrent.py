@@ -30,7 +30,8 @@ from transformers import DynamicCache
 from latent_ops.slr import loop_input
 
 if TYPE_CHECKING:
-    from server.engine.runner import ModelRunner, Sequence
+    from server.engine.runner import ModelRunner
+    from server.engine.sequence import Sequence
 
 
 class RecurrentJob:
@@ -39,7 +40,7 @@ class RecurrentJob:
     def __init__(self, runner: ModelRunner, seq: Sequence, chunk: int):
         self.runner, self.seq, self.chunk = runner, seq, max(1, chunk)
         self.ids = torch.tensor([seq.prompt_ids], device=runner.device)  # [1, S]
-        self.state = runner._thought_state(seq)
+        self.state = runner.thoughts.state(seq)
         self.loop = 0  # the pass under way: 0 = the plain prompt, t = loop t
         self.pos = 0  # its next position
         self.cache = DynamicCache(config=runner.config)  # the pass's KV, [0, pos)
@@ -65,7 +66,7 @@ class RecurrentJob:
                 slots = torch.tensor([runner.lora.slot(cfg.adapter, self.loop)])
         mask = torch.ones((1, b), dtype=torch.long, device=runner.device)
         positions = torch.arange(a, b, device=runner.device)[None]
-        with runner._lora_rows(slots):
+        with runner.thoughts.lora_rows(slots):
             out = runner._forward(ids, mask, positions, self.cache, embeds)[0]  # [b - a, d]
         runner.prefill_tokens += b - a
         if self.states is None:

@@ -23,6 +23,10 @@ The runner calls the decoder stack (`model.get_decoder()`) and the LM head itsel
 prompt's logits are never computed (only the last position's) and the state after the
 final norm, the *latent* the LM head reads, is at hand for every generated token.
 
+SLR thought passes (a vector fed instead of a token, loop LoRA, contrastive refinement)
+are `ThoughtPasses`' (server/engine/thoughts.py), called at three points of a step; the
+`Sequence` record is server/engine/sequence.py, row sampling server/engine/sampling.py.
+
 It knows token ids and tensors only: text, stop strings, HTTP and programs live above it
 (`server/engine/engine.py`, `server/engine/detokenizer.py`). Supported: decoder-only
 models with full attention whose logits are `lm_head(final_norm(h))` (Llama, Qwen2,
@@ -32,65 +36,16 @@ Mistral without sliding window, ...).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import random
-import time
-from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
 from kernels import skinny_linear
-from latent_ops.program import SamplingParams, TokenLogprob
-from latent_ops.slr import ThoughtState
 from server.engine.recurrent import RecurrentJob
-
-
-@dataclass
-class Sequence:
-    """Runner-side state of one sequence. `prompt_ids` is what goes in; outputs grow."""
-
-    seq_id: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    output_ids: list[int] = field(default_factory=list)
-    # each [d] float32 on the model's device: captured without a host copy, stacked once
-    # when the sequence finishes (latents_tensor)
-    latents: list[torch.Tensor] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
-    generator: torch.Generator | None = None
-    # Prefix cache: after prefill, the KV of prompt_ids[:cache_len] is kept under
-    # cache_key (until `release(cache_key)`); a later sequence with the same key whose
-    # prompt starts with those tokens prefills only the rest.
-    cache_key: object = None
-    cache_len: int = 0
-    # Admission order: lower first, ties in arrival order. The engine passes its request's
-    # arrival time, so a refinement's next continuation goes ahead of newer requests
-    # (first come, first served by request, as vLLM schedules).
-    priority: float = 0.0
-    # SLR thought loops (latent_ops.slr): the config from the need, then the loops' state.
-    # While thinking, each pass feeds `pending_input` ([d]) instead of a token.
-    thoughts: object = None
-    thought_state: ThoughtState | None = None
-    pending_input: torch.Tensor | None = None
-    vllm_id: str | None = None  # its request id in vLLM, when the vllm backend decodes it
-    error: str | None = None  # set by a runner that failed this sequence alone (vllm backend)
-
-    @property
-    def loops(self) -> int:
-        return self.thought_state.loops if self.thought_state is not None else 0
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def latents_tensor(self) -> torch.Tensor | None:
-        """[len(output_ids), d] float32 on the model's device (one gather for the whole
-        sequence), or None when latents were not captured."""
-        if not self.params.capture_latents:
-            return None
-        return torch.stack(self.latents) if self.latents else torch.empty(0)
+from server.engine.sampling import sample_row, token_logprob
+from server.engine.sequence import Sequence
+from server.engine.thoughts import ThoughtPasses, is_recurrent
 
 
 class ModelRunner:
@@ -129,7 +84,7 @@ class ModelRunner:
         # cache_key -> (token ids, [(keys, values)] per layer, each [1, kv_heads, n, hd])
         self.prefix_cache: dict[object, tuple[list[int], list[tuple]]] = {}
         self.embed = model.get_input_embeddings()
-        self._embed_norm: float | None = None  # mean token-embedding norm (SLR feedback)
+        self.thoughts = ThoughtPasses(self)  # SLR thought passes (server/engine/thoughts.py)
         self.lora = None  # latent_ops.lora.LoRABank of SLR loop adapters, when any are loaded
         self.healthy = True  # can still decode (the engine's /health); the vllm backend may not
         self.forward_passes = 0
@@ -245,52 +200,19 @@ class ModelRunner:
     def _decode(self) -> None:
         ids = self.next_tokens[:, None]  # [B, 1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.batch), 1)], dim=1)
-        embeds = slots = None
-        thinking = [r for r, s in enumerate(self.batch) if s.pending_input is not None]
-        if thinking:  # SLR thought rows feed a vector instead of a token
-            embeds = self.embed(ids)  # [B, 1, d]
-            for row in thinking:
-                seq = self.batch[row]
-                embeds[row, 0] = seq.pending_input.to(embeds.dtype)
-                seq.pending_input = None
-                name = seq.thoughts.cfg.adapter
-                if name is not None:  # loop t runs with the adapter's LoRA of loop t
-                    if slots is None:
-                        slots = torch.full((len(self.batch),), -1, dtype=torch.long)
-                    slots[row] = self.lora.slot(name, seq.thought_state.loops + 1)
-        with self._lora_rows(slots):
+        embeds, slots, thinking = self.thoughts.decode_inputs(ids, self.batch)
+        with self.thoughts.lora_rows(slots):
             hidden = self._forward(ids, self.mask, self.next_pos[:, None], self.cache, embeds)
         contrast = [r for r in thinking if self.batch[r].thoughts.cfg.contrastive]
         if contrast:
-            self._contrast(contrast, embeds, hidden)
+            self.thoughts.contrast(contrast, embeds, hidden)
         self.next_pos = self.next_pos + 1
         self.next_tokens = self._sample_and_append(hidden[:, -1], self.batch)
-
-    def _contrast(self, rows: list[int], embeds: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Contrastive refinement (ALGORITHMS.md §3) of the thought rows `rows`, in place.
-
-        hidden[rows, -1] is h_strong (the loop's pass with its adapter); the same inputs
-        (embeds [B, 1, d]) run again through the base model alone, over a copy of those
-        rows' cache without the column the strong pass just wrote, giving h_weak; then
-        g_t = γ g_{t-1} + (1-γ) η (h_strong - h_weak) and h_t = h_strong + g_t.
-        """
-        index = torch.tensor(rows, device=self.device)
-        cache = DynamicCache(config=self.config)
-        for i, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys[index, :, :-1], layer.values[index, :, :-1], i)
-        weak = self._forward(
-            None, self.mask[index], self.next_pos[index, None], cache, embeds[index]
-        )[:, -1]
-        for k, row in enumerate(rows):
-            state = self.batch[row].thought_state
-            strong = hidden[row, -1].float()
-            state.accumulate(strong, weak[k].float())
-            hidden[row, -1] = (strong + state.g).to(hidden.dtype)
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         plain = []
         for seq in seqs:  # recurrent SLR rows loop their whole prompt, a chunk per step
-            if _recurrent(seq):
+            if is_recurrent(seq):
                 self.looping.append(RecurrentJob(self, seq, self.recurrent_chunk))
             else:
                 plain.append(seq)
@@ -330,12 +252,6 @@ class ModelRunner:
         mask = torch.ones((1, n), dtype=torch.long, device=self.device)
         tokens = self._sample_and_append(job.last_state(), [job.seq])
         self._merge([job.seq], job.cache, mask, torch.tensor([n], device=self.device), tokens)
-
-    def _lora_rows(self, slots: torch.Tensor | None):
-        """The LoRA bank applying `slots` ([B]) to the passes inside; a no-op without."""
-        if slots is None:
-            return contextlib.nullcontext()
-        return self.lora.rows(slots.to(self.device))
 
     def _lookup(self, seq: Sequence) -> tuple[int, list | None]:
         entry = self.prefix_cache.get(seq.cache_key) if seq.cache_key is not None else None
@@ -380,10 +296,10 @@ class ModelRunner:
         """latent: [B, d] final-norm states; returns the sampled tokens [B] (long)."""
         logits = self.lm_head(latent).float()  # [B, V]
         tokens = logits.argmax(dim=-1)
-        thinking = self._think(latent, logits, seqs)
+        thinking = self.thoughts.think(latent, logits, seqs)
         for row, seq in enumerate(seqs):
             if not seq.params.greedy and row not in thinking:
-                tokens[row] = _sample_row(logits[row], seq.params, seq.generator)
+                tokens[row] = sample_row(logits[row], seq.params, seq.generator)
         logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
             logprobs = torch.log_softmax(logits, dim=-1)
@@ -398,41 +314,9 @@ class ModelRunner:
             if seq.params.capture_latents:
                 seq.latents.append(latent_f[row])
             if seq.params.logprobs is not None:
-                seq.logprobs.append(_token_logprob(logprobs[row], token, seq.params.logprobs))
+                seq.logprobs.append(token_logprob(logprobs[row], token, seq.params.logprobs))
             self._check_stop(seq, token)
         return tokens
-
-    def _think(self, latent: torch.Tensor, logits: torch.Tensor, seqs) -> set[int]:
-        """SLR: record each thinking row's state (latent [B, d], logits [B, V]) and set
-        its next thought input; returns the rows still thinking (they get no token)."""
-        thinking = set()
-        now = None
-        for row, seq in enumerate(seqs):
-            if seq.thoughts is None or seq.finished:
-                continue
-            state = self._thought_state(seq)
-            if state.stopped_reason is not None:
-                continue
-            now = now or time.monotonic()
-            if not state.observe(latent[row].float(), logits[row], now):
-                seq.pending_input = state.next_input(self.embed.weight)
-                thinking.add(row)
-        return thinking
-
-    def _thought_state(self, seq: Sequence) -> ThoughtState:
-        """The sequence's loop state, made on first use."""
-        if seq.thought_state is None:
-            if self._embed_norm is None:
-                self._embed_norm = float(self.embed.weight.float().norm(dim=-1).mean())
-            name = seq.thoughts.cfg.adapter
-            seq.thought_state = ThoughtState(
-                seq.thoughts.cfg,
-                self.embed.weight[seq.prompt_ids[-1]].float(),
-                self._embed_norm,
-                deadline=seq.thoughts.deadline,
-                adapter=self.lora.adapters[name] if name is not None else None,
-            )
-        return seq.thought_state
 
     def _check_stop(self, seq: Sequence, token: int) -> None:
         if seq.finish_reason is not None:
@@ -484,14 +368,6 @@ class ModelRunner:
         self.next_tokens = self.next_tokens[index]
 
 
-def _recurrent(seq: Sequence) -> bool:
-    return (
-        seq.thoughts is not None
-        and seq.thoughts.cfg.layout == "recurrent"
-        and seq.thoughts.cfg.max_loops > 0
-    )
-
-
 def _row_kv(kv, some, layer: int, width: int):
     """One row's cached (keys, values) for `layer` left-padded to `width` columns; zeros
     shaped like `some` for a row that reuses nothing."""
@@ -511,24 +387,3 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-def _sample_row(logits: torch.Tensor, params: SamplingParams, generator) -> int:
-    """logits: [V] float32. Temperature, then nucleus (top-p) filtering, then one draw."""
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
-        drop[0] = False  # a top_p below fp32's smallest number compares as 0 (fuzzing found it)
-        sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _token_logprob(logprobs: torch.Tensor, token: int, k: int) -> TokenLogprob:
-    top = []
-    if k > 0:
-        values, ids = logprobs.topk(k)
-        top = list(zip(ids.tolist(), values.tolist(), strict=True))
-    return TokenLogprob(token_id=token, logprob=float(logprobs[token]), top=top)

@@ -1,0 +1,62 @@
+"""`Sequence`: one sequence as the runners see it (prompt ids in; output ids, latents,
+logprobs and the finish reason out), plus the engine's scheduling and SLR fields.
+
+A plain record: no decoding (server/engine/runner.py, server/engine/vllm_runner.py) and
+no text (server/engine/detokenizer.py). `server.engine.runner.Sequence` is this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from latent_ops.program import SamplingParams, TokenLogprob
+from latent_ops.slr import ThoughtState
+
+
+@dataclass
+class Sequence:
+    """Runner-side state of one sequence. `prompt_ids` is what goes in; outputs grow."""
+
+    seq_id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    # each [d] float32 on the model's device: captured without a host copy, stacked once
+    # when the sequence finishes (latents_tensor)
+    latents: list[torch.Tensor] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    generator: torch.Generator | None = None
+    # Prefix cache: after prefill, the KV of prompt_ids[:cache_len] is kept under
+    # cache_key (until `release(cache_key)`); a later sequence with the same key whose
+    # prompt starts with those tokens prefills only the rest.
+    cache_key: object = None
+    cache_len: int = 0
+    # Admission order: lower first, ties in arrival order. The engine passes its request's
+    # arrival time, so a refinement's next continuation goes ahead of newer requests
+    # (first come, first served by request, as vLLM schedules).
+    priority: float = 0.0
+    # SLR thought loops (latent_ops.slr): the config from the need, then the loops' state.
+    # While thinking, each pass feeds `pending_input` ([d]) instead of a token.
+    thoughts: object = None
+    thought_state: ThoughtState | None = None
+    pending_input: torch.Tensor | None = None
+    vllm_id: str | None = None  # its request id in vLLM, when the vllm backend decodes it
+    error: str | None = None  # set by a runner that failed this sequence alone (vllm backend)
+
+    @property
+    def loops(self) -> int:
+        return self.thought_state.loops if self.thought_state is not None else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def latents_tensor(self) -> torch.Tensor | None:
+        """[len(output_ids), d] float32 on the model's device (one gather for the whole
+        sequence), or None when latents were not captured."""
+        if not self.params.capture_latents:
+            return None
+        return torch.stack(self.latents) if self.latents else torch.empty(0)
