@@ -11,8 +11,8 @@
   (server/engine/vllm_runner.py) that the engine drives.
 
 No engine behaviour lives here (no threads, no engine state; torch only for types); the
-one method, `RequestStats.record_output`, reads counts off a finished program's output. The engine itself is
-server/engine/engine.py.
+one method, `RequestStats.record_output`, reads counts off a finished program's output.
+The engine itself is server/engine/engine.py.
 """
 
 from __future__ import annotations
