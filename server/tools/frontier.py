@@ -197,7 +197,8 @@ def plot(report: dict, path: Path) -> None:
     for m in report["methods"]:
         xs = [p["tokens"] for p in m["points"]]
         ys = [p["accuracy"] for p in m["points"]]
-        ax.plot(xs, ys, marker="o", ms=3, label=m["spec"])
+        single = len(xs) == 1  # greedy: one point, drawn large so no curve hides it
+        ax.plot(xs, ys, marker="*" if single else "o", ms=12 if single else 3, label=m["spec"])
     c = report["config"]
     ax.set_xscale("log")
     ax.set_xlabel("mean generated tokens per problem (log)")
