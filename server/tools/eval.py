@@ -381,10 +381,15 @@ def main(cfg: EvalConfig) -> int:
     with tqdm(total=len(problems), desc="problems", unit="problem", file=sys.stderr) as bar:
         records = run(cfg, problems, bar)
     report = score(cfg, problems, records, time.monotonic() - start)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    plot(report, out.with_suffix(".png"))
-    print(table(report))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+    return write_report(report, cfg.out, plot, table)
+
+
+def write_report(report: dict, out: str, plot_fn, table_fn) -> int:
+    """The JSON report at `out`, its plot beside it (`plot_fn`), the table on stdout."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    plot_fn(report, path.with_suffix(".png"))
+    print(table_fn(report))
+    print(f"\nwrote {path} and {path.with_suffix('.png')}")
     return 0

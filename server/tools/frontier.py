@@ -19,7 +19,6 @@ Not here: the single-method report (`server/tools/eval.py`), problem sets (`prob
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from server.tools.eval import (
     chosen_at_budget,
     question_text,
     reward_field,
+    write_report,
 )
 from server.tools.problems import Problem, load_problems
 
@@ -226,10 +226,4 @@ def main(cfg: EvalConfig) -> int:
     total = len(problems) * len(specs)
     with tqdm(total=total, desc="problems", unit="problem", file=sys.stderr) as bar:
         report = run(cfg, specs, problems, bar)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    plot(report, out.with_suffix(".png"))
-    print(table(report))
-    print(f"\nwrote {out} and {out.with_suffix('.png')}")
-    return 0
+    return write_report(report, cfg.out, plot, table)
