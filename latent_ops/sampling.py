@@ -150,8 +150,8 @@ def self_consistency(prompt_ids: list[int], params: SamplingParams, k: int, cloc
 class ConsistencyReward:
     """-(1 - the share of k cached samples whose final answer equals the candidate's).
 
-    `prompt_ids` and `params` say how the samples decode (params' temperature, or
-    CONSISTENCY_TEMPERATURE when it is greedy); they are drawn the first time `score` runs
+    `prompt_ids` and `params` say how the samples decode, at `temperature` (default
+    CONSISTENCY_TEMPERATURE, whatever params says); they are drawn the first time `score` runs
     and reused for every later score of the same request. A candidate without a final
     answer scores -1. `tokens` counts what the samples generated (usage).
     """
@@ -160,9 +160,14 @@ class ConsistencyReward:
     deterministic = True  # the samples are fixed once drawn
     values = None
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, k: int):
-        if params.greedy:
-            params = replace(params, temperature=CONSISTENCY_TEMPERATURE)
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        k: int,
+        temperature: float | None = None,
+    ):
+        params = replace(params, temperature=temperature or CONSISTENCY_TEMPERATURE)
         self.prompt_ids, self.params, self.k = prompt_ids, params, k
         self.answers: list[str | None] | None = None
         self.tokens = 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from latent_ops.choices import SAMPLING_METHODS
 from latent_ops.latentseek import LatentSeekConfig, latentseek
@@ -27,7 +27,6 @@ from latent_ops.rewards import (
     WebhookReward,
 )
 from latent_ops.sampling import (
-    CONSISTENCY_TEMPERATURE,
     DEFAULT_SAMPLES,
     ConsistencyReward,
     best_of_n,
@@ -236,8 +235,7 @@ def make_reward(spec, config, encode_chat, prompt: PromptRecord, params: Samplin
     if spec.type == "consistency":
         samples = spec.samples if spec.samples is not None else DEFAULT_SAMPLES
         _check_samples(samples, config, "latent.reward.samples")
-        sample_params = replace(params, temperature=spec.temperature or CONSISTENCY_TEMPERATURE)
-        return ConsistencyReward(prompt.ids, sample_params, samples)
+        return ConsistencyReward(prompt.ids, params, samples, spec.temperature)
     if spec.type == "reference":
         return ReferenceReward(spec.reference_answer)
     if spec.type == "self":

@@ -107,9 +107,12 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
     def right(text: str, p: Problem) -> bool:
         return answers_equal(extract_answer(text), p.answer)
 
-    budgets = range(spec.budget + 1) if spec.method == "latentseek" else range(1, spec.budget + 1)
     if spec.method in ("none", "slr", "contrastive"):
-        budgets = [0]
+        budgets = range(1)  # one point: no budget to replay
+    elif spec.method == "latentseek":
+        budgets = range(spec.budget + 1)  # steps; 0 is the greedy answer it starts from
+    else:
+        budgets = range(1, spec.budget + 1)  # samples
     out = []
     for k in budgets:
         correct = tokens = 0.0
