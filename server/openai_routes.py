@@ -10,25 +10,12 @@ request in the engine. Response shapes follow OpenAI's (see `server/protocol.py`
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from latent_ops.program import Generation
-from server.engine.interface import (
-    CancelledError,
-    Delta,
-    Done,
-    EngineDead,
-    Failed,
-    QueueFull,
-    RequestStats,
-)
-from server.errors import APIError, error_body
+from server.engine.interface import Delta
+from server.errors import APIError
 from server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -45,11 +32,20 @@ from server.protocol import (
     DeltaMessage,
     ErrorResponse,
     TopLogprob,
-    Usage,
     new_id,
     now,
 )
 from server.refinement import PromptRecord, build_program, chat_encoder
+from server.submission import (
+    chunker,
+    closing_chunks,
+    finish_reason,
+    sse,
+    streaming_response,
+    submit,
+    usage,
+    wait,
+)
 
 router = APIRouter()
 _ERRORS = {
@@ -129,144 +125,6 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
     return max_tokens
 
 
-def _unpack(output) -> tuple[list[Generation], dict | None, int]:
-    """A program's output as (choices, latent summary or None, refinement tokens)."""
-    return output.choices, output.summary(), output.refinement_tokens
-
-
-def _usage(results: list[Generation], prompt_tokens: int, refinement_tokens: int = 0) -> Usage:
-    completion = sum(len(r.token_ids) for r in results)
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion,
-        total_tokens=prompt_tokens + completion,
-        refinement_tokens=refinement_tokens,
-    )
-
-
-def _finish_reason(r: Generation) -> str:
-    return "length" if r.finish_reason == "deadline" else r.finish_reason  # cut short
-
-
-# ---- running a program ---------------------------------------------------------------
-@dataclass
-class _Submission:
-    request_id: str
-    events: asyncio.Queue
-    engine: object
-
-
-def _submit(request: Request, state, program, method: str) -> _Submission:
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    # The engine keys requests by an id we make: a client's x-request-id need not be unique.
-    rid = f"{request.state.request_id}-{uuid.uuid4().hex[:8]}"
-
-    def sink(event) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
-    try:
-        state.engine.submit(
-            rid,
-            program,
-            sink,
-            RequestStats(request_id=rid, method=method, trace_id=request.state.request_id),
-        )
-    except QueueFull as exc:
-        state.metrics.admission_rejections.labels(reason="queue_full").inc()
-        raise APIError(
-            503, f"server is at capacity ({exc}); retry later", headers={"Retry-After": "1"}
-        ) from exc
-    except EngineDead as exc:
-        raise APIError(503, "the engine is not running") from exc
-    return _Submission(rid, events, state.engine)
-
-
-async def _wait(request: Request, sub: _Submission):
-    """Await the program's output; cancel the request if the client goes away."""
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(sub.events.get(), timeout=0.25)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    sub.engine.cancel(sub.request_id)
-                    raise APIError(499, "client disconnected") from None
-                continue
-            if isinstance(event, Done):
-                return event.output
-            if isinstance(event, Failed):
-                raise _as_api_error(event.error, sub.request_id)
-    except asyncio.CancelledError:
-        sub.engine.cancel(sub.request_id)
-        raise
-
-
-def _as_api_error(error: BaseException, rid: str) -> APIError:
-    if isinstance(error, CancelledError):
-        return APIError(499, "request cancelled")
-    return APIError(500, f"generation failed: {type(error).__name__} (request id {rid})")
-
-
-async def _sse(sub: _Submission, on_event: Callable, on_done: Callable) -> AsyncIterator[str]:
-    """Stream chunks built by `on_event(Delta)` and `on_done(output)`; cancel on disconnect."""
-    finished = False
-    try:
-        while True:
-            event = await sub.events.get()
-            if isinstance(event, Delta):
-                for chunk in on_event(event):
-                    yield f"data: {chunk}\n\n"
-            elif isinstance(event, Done):
-                for chunk in on_done(event.output):
-                    yield f"data: {chunk}\n\n"
-                break
-            elif isinstance(event, Failed):
-                err = _as_api_error(event.error, sub.request_id)
-                yield f"data: {json.dumps(error_body(err.status, err.message))}\n\n"
-                break
-        finished = True
-        yield "data: [DONE]\n\n"
-    finally:
-        if not finished:  # the client went away mid-stream
-            sub.engine.cancel(sub.request_id)
-
-
-def _closing_chunks(output, body, prompt_tokens: int, chunk, answer, finish):
-    """The chunks that end a stream, for both routes: a refined answer's text (it streams
-    once refinement ends: `answer(i, generation)` gives its chunks), each choice's finish
-    reason with the latent summary (`finish(i, generation)` gives the choice), then usage
-    when `stream_options.include_usage` asks for it."""
-    results, latent, refinement = _unpack(output)
-    for i, r in enumerate(results):
-        if latent is not None:
-            yield from answer(i, r)
-        yield chunk([finish(i, r)], latent=latent)
-    if body.stream_options and body.stream_options.include_usage:
-        yield chunk([], usage=_usage(results, prompt_tokens, refinement))
-
-
-def _chunker(cls, rid: str, created: int, model: str):
-    """chunk(choices, usage=None, latent=None) -> JSON of one stream chunk of type `cls`;
-    `usage` and `latent` appear only on the chunks that carry them."""
-
-    def chunk(choices, usage=None, latent=None) -> str:
-        resp = cls(
-            id=rid, created=created, model=model, choices=choices, usage=usage, latent=latent
-        )
-        return resp.model_dump_json(
-            exclude={k for k in ("usage", "latent") if getattr(resp, k) is None}
-        )
-
-    return chunk
-
-
-def _streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
-
-
 # ---- /v1/completions -------------------------------------------------------------------
 @router.post("/v1/completions", response_model=CompletionResponse, responses=_ERRORS)
 async def completions(body: CompletionRequest, request: Request):
@@ -288,45 +146,46 @@ async def completions(body: CompletionRequest, request: Request):
         state.engine.adapters,
     )
     prompt_tokens = sum(len(p) for p in ids)
-    sub = _submit(request, state, program, method=method)
+    sub = submit(request, state, program, method=method)
     rid, created, tok = new_id("cmpl"), now(), state.tokenizer
 
     def choice(i: int, r: Generation, text: str | None = None, finish=True) -> CompletionChoice:
         return CompletionChoice(
             index=i,
             text=r.text if text is None else text,
-            finish_reason=_finish_reason(r) if finish else None,
+            finish_reason=finish_reason(r) if finish else None,
             logprobs=_completion_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
         )
 
     if not body.stream:
-        results, latent, refinement = _unpack(await _wait(request, sub))
+        output = await wait(request, sub)
+        results, latent, refinement = output.choices, output.summary(), output.refinement_tokens
         return CompletionResponse(
             id=rid,
             created=created,
             model=state.model_name,
             choices=[choice(i, r) for i, r in enumerate(results)],
-            usage=_usage(results, prompt_tokens, refinement),
+            usage=usage(results, prompt_tokens, refinement),
             latent=latent,
         )
 
-    chunk = _chunker(CompletionResponse, rid, created, state.model_name)
+    chunk = chunker(CompletionResponse, rid, created, state.model_name)
 
     def on_event(d: Delta):
         lp = _completion_logprobs(tok, d.logprobs) if d.logprobs is not None else None
         yield chunk([CompletionChoice(index=d.index, text=d.text, logprobs=lp)])
 
     def on_done(output):
-        yield from _closing_chunks(
+        yield from closing_chunks(
             output,
             body,
             prompt_tokens,
             chunk,
             answer=lambda i, r: [chunk([choice(i, r, finish=False)])],
-            finish=lambda i, r: CompletionChoice(index=i, text="", finish_reason=_finish_reason(r)),
+            finish=lambda i, r: CompletionChoice(index=i, text="", finish_reason=finish_reason(r)),
         )
 
-    return _streaming_response(_sse(sub, on_event, on_done))
+    return streaming_response(sse(sub, on_event, on_done))
 
 
 def _completion_logprobs(tok, entries) -> CompletionLogprobs:
@@ -369,16 +228,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         chat_encoder(state.tokenizer),
         state.engine.adapters,
     )
-    sub = _submit(request, state, program, method=method)
+    sub = submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()
 
     if not body.stream:
-        results, latent, refinement = _unpack(await _wait(request, sub))
+        output = await wait(request, sub)
+        results, latent, refinement = output.choices, output.summary(), output.refinement_tokens
         choices = [
             ChatChoice(
                 index=i,
                 message=AssistantMessage(content=r.text),
-                finish_reason=_finish_reason(r),
+                finish_reason=finish_reason(r),
                 logprobs=_chat_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
             )
             for i, r in enumerate(results)
@@ -388,13 +248,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             created=created,
             model=state.model_name,
             choices=choices,
-            usage=_usage(results, len(ids), refinement),
+            usage=usage(results, len(ids), refinement),
             latent=latent,
         )
 
     started: set[int] = set()
 
-    chunk = _chunker(ChatCompletionChunk, rid, created, state.model_name)
+    chunk = chunker(ChatCompletionChunk, rid, created, state.model_name)
 
     def delta(index: int, text: str, lp=None):
         if index not in started:
@@ -407,18 +267,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         yield from delta(d.index, d.text, lp)
 
     def on_done(output):
-        yield from _closing_chunks(
+        yield from closing_chunks(
             output,
             body,
             len(ids),
             chunk,
             answer=lambda i, r: delta(i, r.text),
             finish=lambda i, r: ChatChunkChoice(
-                index=i, delta=DeltaMessage(), finish_reason=_finish_reason(r)
+                index=i, delta=DeltaMessage(), finish_reason=finish_reason(r)
             ),
         )
 
-    return _streaming_response(_sse(sub, on_event, on_done))
+    return streaming_response(sse(sub, on_event, on_done))
 
 
 def _chat_logprobs(tok, entries) -> ChatLogprobs:
