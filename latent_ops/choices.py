@@ -11,9 +11,20 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # Refinement methods; "none" is plain generation. best_of_n and self_consistency are the
-# token-space baselines (latent_ops/sampling.py).
-Method = Literal["none", "latentseek", "slr", "contrastive", "best_of_n", "self_consistency"]
-SAMPLING_METHODS = ("best_of_n", "self_consistency")
+# token-space baselines (latent_ops/sampling.py); latentseek_best_of_n the latent/token
+# hybrid (latent_ops/hybrid.py).
+Method = Literal[
+    "none",
+    "latentseek",
+    "slr",
+    "contrastive",
+    "best_of_n",
+    "self_consistency",
+    "latentseek_best_of_n",
+]
+SAMPLING_METHODS = ("best_of_n", "self_consistency")  # samples only
+SAMPLED_METHODS = (*SAMPLING_METHODS, "latentseek_best_of_n")  # take latent.samples
+REWARDED_METHODS = ("latentseek", "best_of_n", "latentseek_best_of_n")  # need a reward
 METHODS: tuple[str, ...] = get_args(Method)
 
 # Reward kinds (latent_ops/rewards.py); `RewardType` tags the request's reward object.

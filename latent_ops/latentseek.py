@@ -73,6 +73,7 @@ class Refined:
     refinement_time_ms: float = 0.0
     refinement_tokens: int = 0
     candidates: list[str] = field(default_factory=list)  # the text scored at each history entry
+    answers: list[Generation] = field(default_factory=list, repr=False)  # and its Generation
     # tokens decoded to get each candidate (0 for a reused answer; latentseek: the prefix
     # the update forced is not decoded) and reward tokens spent before its score: what a
     # budget of k steps or samples costs is the sum of the first k + 1 (or k) entries
@@ -136,6 +137,7 @@ def latentseek(
     out.initial_reward = out.final_reward = r0
     out.reward_history.append(r0)
     out.candidates.append(first.text)
+    out.answers.append(first)
     out.candidate_tokens.append(len(first.token_ids) + reward.tokens)
     if r0 > cfg.threshold:
         return done("threshold", first)
@@ -221,6 +223,7 @@ def latentseek(
                 return stop("reward_error", fresh)
             out.reward_history.append(r)
             out.candidates.append(answer.text)
+            out.answers.append(answer)
             out.candidate_tokens.append(decoded_now + reward.tokens - spent)
             current = answer
             if r > best_reward:

@@ -114,6 +114,7 @@ def best_of_n(
         reward_history=rewards,
     )
     out.candidates = [s.text for s in samples]
+    out.answers = samples
     out.candidate_tokens = [len(s.token_ids) for s in samples]
     out.candidate_tokens[0] += reward.tokens  # a consistency reward samples once, first
     out.refinement_tokens = _generated(samples, chosen) + reward.tokens
@@ -140,6 +141,7 @@ def self_consistency(prompt_ids: list[int], params: SamplingParams, k: int, cloc
         None,
     )
     out.candidates = texts
+    out.answers = samples
     out.candidate_tokens = [len(s.token_ids) for s in samples]
     out.refinement_tokens = _generated(samples, chosen)
     out.sampling = {"samples": k, "vote_share": round(share, 6)}

@@ -118,7 +118,8 @@ class LatentSpec(BaseModel):
     select: Select | None = None
     time_budget_ms: FiniteFloat | None = Field(None, ge=0.0)
     reward: RewardSpec | None = None
-    # best_of_n, self_consistency: samples drawn (at most --max-samples)
+    # best_of_n, self_consistency, latentseek_best_of_n: samples drawn (at most
+    # --max-samples; the hybrid draws them only when LatentSeek's answer fails the threshold)
     samples: int | None = Field(None, ge=1)
     # SLR
     layout: Layout | None = None
@@ -229,9 +230,10 @@ class LatentSummary(BaseModel):
     reward_history: list[float | None] = Field(default_factory=list)  # None: reward error
     update_tokens: int = 0
     refinement_time_ms: float = 0.0
-    # best_of_n, self_consistency
+    # best_of_n, self_consistency, latentseek_best_of_n (samples drawn)
     samples: int | None = None
     vote_share: float | None = None
+    latentseek_candidates: int | None = None  # latentseek_best_of_n: LatentSeek's share
     # SLR
     loops: int | None = None
     loop_deltas: list[float] | None = None

@@ -4,7 +4,7 @@
 Plain generation (no `latent`, or method `none`) is one `Generate` need per prompt and
 choice; `latentseek` wraps one prompt in `latent_ops.latentseek.latentseek` with its
 reward, `slr`/`contrastive` in `latent_ops.slr.slr`, `best_of_n`/`self_consistency` in
-`latent_ops.sampling`. Limits that only the server knows (`--max-refinement-steps`,
+`latent_ops.sampling`, `latentseek_best_of_n` in `latent_ops.hybrid`. Limits that only the server knows (`--max-refinement-steps`,
 `--max-samples`, `--max-time-budget-ms`) are enforced here, as 400s naming the field and the limit, and
 `--request-timeout` becomes each request's deadline (plain generation stops there and
 answers what it has with `finish_reason: "length"`; refinement returns its best answer
@@ -17,7 +17,8 @@ import math
 import time
 from dataclasses import dataclass, fields
 
-from latent_ops.choices import SAMPLING_METHODS
+from latent_ops.choices import SAMPLED_METHODS, SAMPLING_METHODS
+from latent_ops.hybrid import latentseek_best_of_n
 from latent_ops.latentseek import LatentSeekConfig, latentseek
 from latent_ops.program import Generate, SamplingParams, plain_generation
 from latent_ops.rewards import (
@@ -80,9 +81,8 @@ def build_program(
     by name.
     """
     spec = body.latent
-    timeout = config.request_timeout
     if spec is None or spec.method == "none":
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(config)
         needs = [
             Generate(
                 p.ids,
@@ -94,10 +94,10 @@ def build_program(
         ]
         return plain_generation(needs), "none"
     [prompt] = prompts if len(prompts) == 1 else [None]
-    if spec.samples is not None and spec.method not in SAMPLING_METHODS:
+    if spec.samples is not None and spec.method not in SAMPLED_METHODS:
         raise APIError(
             400,
-            f"latent.samples applies to {' and '.join(SAMPLING_METHODS)}, not {spec.method}",
+            f"latent.samples applies to {', '.join(SAMPLED_METHODS)}, not {spec.method}",
             param="latent.samples",
         )
     if prompt is None or body.n != 1:
@@ -105,15 +105,25 @@ def build_program(
     if spec.method in SAMPLING_METHODS:
         return sampling_program(body, spec, config, prompt, encode_chat), spec.method
     if spec.method in ("slr", "contrastive"):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        params = sampling_params(body, prompt.max_tokens, None, deadline=deadline)
+        params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
         return slr(prompt.ids, params, slr_config(spec, config, adapters or {})), spec.method
     if spec.reward is None:
-        raise APIError(400, "latentseek needs a reward", param="latent.reward")
+        raise APIError(400, f"{spec.method} needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
+    if spec.method == "latentseek_best_of_n":
+        samples = sample_count(body, spec, config)
+        params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
+        reward = make_reward(spec.reward, config, encode_chat, prompt, params)
+        program = latentseek_best_of_n(prompt.ids, prompt.text, params, cfg, samples, reward)
+        return program, spec.method
     params = sampling_params(body, prompt.max_tokens, None)
     reward = make_reward(spec.reward, config, encode_chat, prompt, params)
     return latentseek(prompt.ids, prompt.text, params, cfg, reward), "latentseek"
+
+
+def _deadline(config) -> float | None:
+    timeout = config.request_timeout
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def latentseek_config(spec, config) -> LatentSeekConfig:
@@ -191,9 +201,9 @@ def slr_config(spec, config, adapters: dict) -> SLRConfig:
     return cfg
 
 
-def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat):
-    """best_of_n or self_consistency: `samples` draws at the request's own temperature,
-    top_p and seed; refused (400) at temperature 0, where every draw is the same."""
+def sample_count(body, spec, config) -> int:
+    """`latent.samples` (default DEFAULT_SAMPLES), at most --max-samples; refused (400) at
+    temperature 0, where every draw would be the same greedy answer."""
     samples = spec.samples if spec.samples is not None else DEFAULT_SAMPLES
     _check_samples(samples, config, "latent.samples")
     if body.temperature < 1e-5:
@@ -203,9 +213,14 @@ def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat):
             "same greedy answer: set temperature > 0",
             param="temperature",
         )
-    timeout = config.request_timeout
-    deadline = None if timeout is None else time.monotonic() + timeout
-    params = sampling_params(body, prompt.max_tokens, None, deadline=deadline)
+    return samples
+
+
+def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat):
+    """best_of_n or self_consistency: `samples` draws at the request's own temperature,
+    top_p and seed."""
+    samples = sample_count(body, spec, config)
+    params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
     if spec.method == "self_consistency":
         if spec.reward is not None:
             raise APIError(400, "self_consistency takes no reward", param="latent.reward")

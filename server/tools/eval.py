@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from latent_ops.choices import Feedback, Method, Residual, Select
+from latent_ops.choices import SAMPLED_METHODS, Feedback, Method, Residual, Select
 from latent_ops.latentseek import LatentSeekConfig
 from server.tools.problems import Problem, load_problems
 
@@ -83,6 +83,16 @@ class EvalConfig(BaseModel):
     consistency_samples: int = Field(
         5, ge=1, description="--compare: samples of the consistency reward"
     )
+
+    @model_validator(mode="after")
+    def _sampled_methods_run_in_compare(self):
+        if self.compare is None and self.method in SAMPLED_METHODS:
+            raise ValueError(
+                f"--method {self.method} samples: run it with --compare "
+                f"'{self.method}{'' if self.method == 'self_consistency' else '/arithmetic'}@8' "
+                "(accuracy at every sample budget)"
+            )
+        return self
 
 
 def question_text(problem: Problem) -> str:

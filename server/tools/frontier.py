@@ -12,7 +12,9 @@ A spec is `METHOD[/REWARD][@BUDGET]`: `none`; `latentseek/arithmetic@10` (up to 
 `consistency` (`--consistency-samples`), `self`. Every budget below the run's is replayed
 from that one run: LatentSeek's step k is what `max_steps: k` returns (`chosen_at_budget`),
 best-of-N's j is its pick among the first j samples (`choose_best`), self-consistency's j
-the majority of the first j; the tokens at a budget are those its candidates cost.
+the majority of the first j; `latentseek_best_of_n/REWARD@K` runs LatentSeek at `--max-steps`
+then K samples, and its j is the pick among LatentSeek's answers and the first j samples
+(0: LatentSeek alone); the tokens at a budget are those its candidates cost.
 
 Not here: the single-method report (`server/tools/eval.py`), problem sets (`problems.py`).
 """
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from latent_ops.choices import METHODS, REWARD_TYPES
+from latent_ops.choices import METHODS, REWARD_TYPES, REWARDED_METHODS
 from latent_ops.rewards import answers_equal, extract_answer
 from latent_ops.sampling import choose_best, majority
 from server.tools.eval import (
@@ -60,7 +62,7 @@ def parse_specs(text: str, cfg: EvalConfig) -> list[Spec]:
             raise ValueError(f"{item!r}: method must be one of {', '.join(METHODS)}")
         if reward and reward not in REWARD_TYPES:
             raise ValueError(f"{item!r}: reward must be one of {', '.join(REWARD_TYPES)}")
-        needs_reward = method in ("latentseek", "best_of_n")
+        needs_reward = method in REWARDED_METHODS
         if needs_reward != bool(reward):
             raise ValueError(f"{item!r}: {method} {'needs' if needs_reward else 'takes no'} reward")
         default = cfg.max_steps if method == "latentseek" else 5
@@ -85,10 +87,15 @@ def request(spec: Spec, cfg: EvalConfig, problem: Problem) -> dict:
         "seed": 0,
     }
     m = spec.method
+    keys = ("lr", "fraction", "threshold", "select")
     if m == "latentseek":
-        keys = ("lr", "fraction", "threshold", "select")
         latent = {"method": m, "max_steps": spec.budget, **{k: getattr(cfg, k) for k in keys}}
         body["latent"] = latent | {"reward": reward_field(spec.reward, cfg, problem)}
+    elif m == "latentseek_best_of_n":  # LatentSeek at --max-steps, then `budget` samples
+        body["temperature"] = cfg.sample_temperature
+        latent = {"method": m, "max_steps": cfg.max_steps, **{k: getattr(cfg, k) for k in keys}}
+        latent |= {"samples": spec.budget, "reward": reward_field(spec.reward, cfg, problem)}
+        body["latent"] = latent
     elif m in ("best_of_n", "self_consistency"):
         body["temperature"] = cfg.sample_temperature
         body["latent"] = {"method": m, "samples": spec.budget}
@@ -111,6 +118,8 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
         budgets = range(1)  # one point: no budget to replay
     elif spec.method == "latentseek":
         budgets = range(spec.budget + 1)  # steps; 0 is the greedy answer it starts from
+    elif spec.method == "latentseek_best_of_n":
+        budgets = range(spec.budget + 1)  # samples; 0 is LatentSeek alone
     else:
         budgets = range(1, spec.budget + 1)  # samples
     out = []
@@ -126,6 +135,17 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
                 ok = [right(t, p) for t in texts]
                 correct += chosen_at_budget(o.reward_history, ok, k, cfg.select)
                 tokens += sum(costs[: k + 1])
+            elif spec.method == "latentseek_best_of_n":
+                n_seek = o.sampling["latentseek_candidates"]
+                ok = [right(t, p) for t in texts[:n_seek]]
+                if k == 0 or o.sampling["samples"] == 0:  # LatentSeek's own answer
+                    seek = o.reward_history[:n_seek]
+                    correct += chosen_at_budget(seek, ok, cfg.max_steps, cfg.select)
+                    tokens += sum(costs[:n_seek])
+                else:
+                    pick = choose_best(o.reward_history[: n_seek + k], texts[: n_seek + k])
+                    correct += right(texts[pick or 0], p)
+                    tokens += sum(costs[: n_seek + k])
             elif spec.method == "best_of_n":
                 pick = choose_best(o.reward_history[:k], texts[:k])
                 correct += right(texts[pick or 0], p)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
-from server.tools.eval import chosen_at_budget
+from server.tools.eval import EvalConfig, chosen_at_budget
 from server.tools.problems import load_problems, synthetic_problems
 
 GSM8K_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train_sample.jsonl"
@@ -125,3 +125,10 @@ def test_score_by_budget_from_texts_and_from_rewards_agree():
     assert by_text["accuracy_by_budget"] == by_reward["accuracy_by_budget"]
     assert by_text["accuracy_by_budget"] == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 2 / 3, 3: 2 / 3})
     assert by_text["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("method", ["best_of_n", "self_consistency", "latentseek_best_of_n"])
+def test_single_method_eval_sends_sampled_methods_to_compare(method):
+    with pytest.raises(ValueError, match="--compare"):
+        EvalConfig(data="synthetic:1", method=method)
+    EvalConfig(data="synthetic:1", method=method, compare=f"{method}@2")  # accepted there

@@ -12,7 +12,7 @@ from server.tools.frontier import Spec, main, parse_specs
 
 SPECS = (
     "none,latentseek/reference@2,latentseek/consistency@1,best_of_n/reference@3,"
-    "best_of_n/arithmetic@2,self_consistency@3"
+    "best_of_n/arithmetic@2,self_consistency@3,latentseek_best_of_n/reference@2"
 )
 
 
@@ -27,6 +27,7 @@ def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsy
         fraction=1.0,
         compare=SPECS,
         consistency_samples=2,
+        max_steps=2,
         out=str(out),
     )
     assert main(cfg) == 0
@@ -39,6 +40,7 @@ def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsy
         "best_of_n/reference@3",
         "best_of_n/arithmetic@2",
         "self_consistency@3",
+        "latentseek_best_of_n/reference@2",
     ]
     assert [p["budget"] for p in methods["latentseek/reference@2"]["points"]] == [0, 1, 2]
     assert [p["budget"] for p in methods["best_of_n/reference@3"]["points"]] == [1, 2, 3]
@@ -51,6 +53,10 @@ def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsy
     greedy = methods["greedy"]["points"][0]
     # LatentSeek's budget 0 is the greedy answer it starts from
     assert methods["latentseek/reference@2"]["points"][0]["accuracy"] == greedy["accuracy"]
+    # the hybrid's budget 0 is LatentSeek at --max-steps (2) alone, the same run's answers
+    hybrid = methods["latentseek_best_of_n/reference@2"]["points"]
+    assert [p["budget"] for p in hybrid] == [0, 1, 2]
+    assert hybrid[0] == methods["latentseek/reference@2"]["points"][-1] | {"budget": 0}
     assert out.with_suffix(".png").stat().st_size > 0
     assert "| greedy |" in capsys.readouterr().out
 

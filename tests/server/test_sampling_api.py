@@ -80,6 +80,19 @@ def test_latentseek_with_the_consistency_reward(client):
     assert out.usage.model_extra["refinement_tokens"] > 0  # the reward's samples count
 
 
+def test_latentseek_best_of_n_pools_latentseek_and_the_samples(client):
+    reward = {"type": "reference", "reference_answer": "unreachable"}  # never verified
+    latent = {"method": "latentseek_best_of_n", "max_steps": 2, "fraction": 1.0}
+    out = _chat(client, latent | {"samples": 3, "reward": reward})
+    s = out.model_extra["latent"]
+    assert s["method"] == "latentseek_best_of_n" and s["stopped_reason"] == "max_samples"
+    assert s["samples"] == 3 and s["latentseek_candidates"] == s["steps"] + 1
+    assert len(s["reward_history"]) == s["latentseek_candidates"] + 3
+    assert out.usage.model_extra["refinement_tokens"] > 0
+    again = _chat(client, latent | {"samples": 3, "reward": reward})
+    assert again.choices[0].message.content == out.choices[0].message.content  # seeded
+
+
 @pytest.mark.parametrize(
     "latent,kwargs,param",
     [
@@ -101,6 +114,17 @@ def test_latentseek_with_the_consistency_reward(client):
             "latent.reward.samples",
         ),
         ({"method": "best_of_n", "samples": 0, "reward": {"type": "self"}}, {}, "latent.samples"),
+        ({"method": "latentseek_best_of_n", "samples": 3}, {}, "latent.reward"),
+        (
+            {"method": "latentseek_best_of_n", "samples": 3, "reward": {"type": "arithmetic"}},
+            {"temperature": 0},
+            "temperature",
+        ),
+        (
+            {"method": "latentseek_best_of_n", "max_steps": 999, "reward": {"type": "arithmetic"}},
+            {},
+            "latent.max_steps",
+        ),
     ],
 )
 def test_bad_sampling_requests_are_400s_naming_the_field(client, latent, kwargs, param):
