@@ -11,7 +11,8 @@ With `--keep-steps` no step is replaced: the k thoughts precede the whole soluti
 the loops learn a question-conditioned prefix (prompt tuning through the loop) rather than
 COCONUT's stand-in for steps. Stages run in order over `--steps` (stage k for the k-th equal share; the last stage,
 k = `--loops`, is what the server runs). Data: the seeded synthetic generator (seeds from
-1000 on, so evaluation sets with small seeds stay unseen) and, with `--gsm8k`, GSM8K rows.
+1000 on, so evaluation sets with small seeds stay unseen), with `--varied N` the second
+generator's problems (seeds from 1000 on too), and with `--gsm8k` GSM8K rows.
 
 Lives beside the method it trains (`latent_ops.slr.loop_input` and `latent_ops.lora`, the
 code the server runs). It imports nothing from server/: the model, its tokenizer, the prompt
@@ -32,9 +33,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
+
+from latent_ops.choices import Feedback, Residual
 
 
 class TrainConfig(BaseModel):
@@ -46,15 +49,19 @@ class TrainConfig(BaseModel):
     steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="examples per step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
-    feedback: Literal["hidden", "soft", "hybrid"] = Field("hidden", description="loop feedback")
-    residual: Literal["h0", "prev", "none"] = Field("h0", description="loop residual")
+    feedback: Feedback = Field("hidden", description="loop feedback")
+    residual: Residual = Field("h0", description="loop residual")
     beta: float = Field(0.1, ge=0, description="residual weight")
     timestep_scale: float = Field(0.1, ge=0, description="timestep embedding scale")
     synthetic: int = Field(4000, ge=0, description="synthetic problems (1-3 steps) to draw")
+    varied: int = Field(
+        0, ge=0, description="also this many of the second generator's problems (varied:)"
+    )
     gsm8k: str | None = Field(None, description="also train on this GSM8K-format file")
     exclude: str | None = Field(
         "synthetic:200,steps=2-3",
-        description="problem set (as eval's --data) whose questions are left out of training",
+        description="problem sets (as eval's --data, several separated by ';') whose "
+        "questions are left out of training",
     )
     keep_steps: bool = Field(
         False,

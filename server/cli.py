@@ -111,8 +111,8 @@ def _config(parser, config_cls, ns, prog: str):
 def slr_training_data(cfg):
     """`latentserve train-slr`'s inputs from the server's pieces (latent_ops.train_slr imports
     nothing from server/): the model on CPU in float32, the chat prompt `latentserve eval`
-    asks, and the training problems (seeded synthetic ones from seed 1000 on, GSM8K rows with
-    `--gsm8k`, less the questions of `--exclude`)."""
+    asks, and the training problems (seeded synthetic ones from seed 1000 on, `--varied` ones
+    from seed 1000 on, GSM8K rows with `--gsm8k`, less the questions of `--exclude`)."""
     from latent_ops.train_slr import TrainingData
     from server.engine.loader import load_model
     from server.refinement import chat_encoder
@@ -122,10 +122,13 @@ def slr_training_data(cfg):
     loaded = load_model(cfg.model, device="cpu", dtype="float32")
     encode = chat_encoder(loaded.tokenizer)
     problems = [p for i in range(cfg.synthetic) for p in synthetic_problems(1, seed=1000 + i)]
+    problems += [p for i in range(cfg.varied) for p in load_problems(f"varied:1,seed={1000 + i}")]
     if cfg.gsm8k:
         problems += [p for p in load_problems(cfg.gsm8k) if p.rationale]
     if cfg.exclude:
-        held_out = {p.question for p in load_problems(cfg.exclude)}
+        held_out = {
+            p.question for spec in cfg.exclude.split(";") for p in load_problems(spec.strip())
+        }
         problems = [p for p in problems if p.question not in held_out]
     return TrainingData(
         model=loaded.model,

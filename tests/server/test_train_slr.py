@@ -49,3 +49,16 @@ def test_train_writes_a_loadable_adapter_and_resumes(tiny_model_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli_main(["serve", "--slr-adapter", f"math={tmp_path}/nope"])
     assert exit_.value.code == 2
+
+
+def test_training_data_mixes_phrasings_and_leaves_out_every_excluded_set(tiny_model_dir, tmp_path):
+    from server.tools.problems import load_problems
+
+    cfg = _tiny_config(tiny_model_dir, tmp_path / "ad", synthetic=30, varied=30, exclude=None)
+    mixed = slr_training_data(cfg).problems
+    assert len(mixed) == 60 and all(p.rationale for p in mixed)
+    held = load_problems("varied:1,seed=1003")[0].question  # one of the 30 varied seeds
+    synth = mixed[0].question
+    cfg = cfg.model_copy(update={"exclude": "varied:1,seed=1003; synthetic:1,seed=1000"})
+    kept = {p.question for p in slr_training_data(cfg).problems}
+    assert held not in kept and synth not in kept and len(kept) == 58
