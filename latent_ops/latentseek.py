@@ -188,8 +188,12 @@ def latentseek(
         todo = [p for p in dict.fromkeys(prefixes) if p not in decoded]
         fresh = {}
         if todo:
+            drafts = [list(a.token_ids) for a in reversed(decoded.values())]  # newest first
             needs = [
-                Generate(prompt_ids, params, prefix_ids=list(p), cache_prompt=True) for p in todo
+                Generate(
+                    prompt_ids, params, prefix_ids=list(p), cache_prompt=True, draft_ids=drafts
+                )
+                for p in todo
             ]
             fresh = dict(zip(todo, (yield needs), strict=True))
         for j, prefix in enumerate(prefixes):

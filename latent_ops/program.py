@@ -68,6 +68,10 @@ class Generate:
     cache_prompt: bool = False
     # SLR: run latent thought loops after the prompt before decoding (latent_ops.slr.Thoughts)
     thoughts: Any = None
+    # Token lists the continuation may repeat (LatentSeek: the answers the request already
+    # decoded, most recent first). The runner may verify them as drafts; the result is
+    # what decoding without them gives (server/engine/drafts.py).
+    draft_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass

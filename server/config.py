@@ -121,6 +121,23 @@ class ServerConfig(BaseModel):
         "has one failing value (reference, regex); exact, trades wasted decoding after an "
         "early success for latency; 1 = off",
     )
+    draft_tokens: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="draft-verified decoding: tokens a greedy sequence may draft per step "
+        "from the answers its request already decoded (LatentSeek continuations) and, with "
+        "--draft-prompt-lookup, from its prompt; verified in one pass, output unchanged; "
+        "0 = off (server/engine/drafts.py)",
+    )
+    draft_budget: int = Field(
+        32, ge=1, le=4096, description="drafted tokens per decode step over the whole batch"
+    )
+    draft_prompt_lookup: bool = Field(
+        False,
+        description="draft every greedy sequence from n-grams of its own prompt (as vLLM's "
+        "ngram speculative method)",
+    )
     max_time_budget_ms: float = Field(
         600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"
     )

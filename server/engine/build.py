@@ -21,9 +21,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from server.config import ServerConfig
+from server.engine.drafts import Drafter
 from server.engine.engine import Engine
 from server.engine.interface import Done, Failed, RequestStats
 from server.engine.runner import ModelRunner
+
+_SERVER = ServerConfig.model_fields
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class EngineConfig:
     backend: str = "hf"  # "hf" (torch decodes) or "vllm" (server/engine/vllm_runner.py)
     vllm_kv_cache_gib: int = 2
     latent_impl: str = "auto"  # kernels.latent_pg_step's impl
+    # draft-verified decoding (server/engine/drafts.py); defaults: the server flags'
+    draft_tokens: int = _SERVER["draft_tokens"].default  # 0 = off
+    draft_budget: int = _SERVER["draft_budget"].default
+    draft_prompt_lookup: bool = _SERVER["draft_prompt_lookup"].default
 
     @classmethod
     def from_server(cls, config) -> EngineConfig:
@@ -48,6 +56,9 @@ class EngineConfig:
             slr_adapters=config.adapter_dirs,
             backend=config.backend,
             vllm_kv_cache_gib=config.vllm_kv_cache_gib,
+            draft_tokens=config.draft_tokens,
+            draft_budget=config.draft_budget,
+            draft_prompt_lookup=config.draft_prompt_lookup,
         )
 
 
@@ -76,6 +87,9 @@ def build_engine(
         max_model_len=min(cfg.max_model_len or model_len, model_len),
         eos_token_ids=eos_token_ids(model, tok),
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+        drafter=Drafter(cfg.draft_tokens, cfg.draft_budget, cfg.draft_prompt_lookup)
+        if cfg.draft_tokens
+        else None,
     )
     if cfg.slr_adapters:
         from latent_ops.lora import LoopAdapter, LoRABank

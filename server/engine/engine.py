@@ -330,6 +330,7 @@ class Engine:
         if need.cache_prompt:
             seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
         seq.thoughts = need.thoughts
+        seq.draft_sources = need.draft_ids
         detok = Detokenizer(self.tokenizer, params.stop, prefix)
         self._seqs[seq.seq_id] = _SeqRecord(seq, req, slot, detok)
         self.runner.add(seq)

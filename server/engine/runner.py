@@ -42,6 +42,7 @@ import torch
 from transformers import DynamicCache
 
 from kernels import skinny_linear
+from server.engine.drafts import Drafter, decode_drafted
 from server.engine.recurrent import RecurrentJob
 from server.engine.sampling import sample_row, token_logprob
 from server.engine.sequence import Sequence
@@ -59,6 +60,7 @@ class ModelRunner:
         eos_token_ids: set[int] | None = None,
         pad_token_id: int = 0,
         recurrent_chunk: int = 512,  # most prompt positions of SLR recurrent work per step
+        drafter: Drafter | None = None,  # draft-verified decoding (server/engine/drafts.py)
     ):
         self.model = model
         skinny_linear.install(model)  # batched decode steps on CPU: see kernels/skinny_linear.py
@@ -73,6 +75,7 @@ class ModelRunner:
         self.eos_token_ids = set(eos_token_ids or ())
         self.pad_token_id = pad_token_id
         self.recurrent_chunk = recurrent_chunk
+        self.drafter = drafter
         self.waiting: list[Sequence] = []  # sorted by (priority, seq_id)
         self.batch: list[Sequence] = []  # the decode batch, one row each
         self.looping: list[RecurrentJob] = []  # admitted recurrent SLR rows, round-robin
@@ -198,6 +201,10 @@ class ModelRunner:
         return stepped
 
     def _decode(self) -> None:
+        if self.drafter is not None and all(s.thoughts is None for s in self.batch):
+            drafts = self.drafter.propose(self.batch, self.max_model_len)
+            if any(drafts):
+                return decode_drafted(self, drafts)
         ids = self.next_tokens[:, None]  # [B, 1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.batch), 1)], dim=1)
         embeds, slots, thinking = self.thoughts.decode_inputs(ids, self.batch)
@@ -292,9 +299,11 @@ class ModelRunner:
         return out.last_hidden_state
 
     # ---- sampling ----------------------------------------------------------------
-    def _sample_and_append(self, latent: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """latent: [B, d] final-norm states; returns the sampled tokens [B] (long)."""
-        logits = self.lm_head(latent).float()  # [B, V]
+    def _sample_and_append(self, latent: torch.Tensor, seqs: list[Sequence], logits=None):
+        """latent: [B, d] final-norm states (logits: their [B, V] LM-head output, when
+        already computed); returns the sampled tokens [B] (long)."""
+        if logits is None:
+            logits = self.lm_head(latent).float()  # [B, V]
         tokens = logits.argmax(dim=-1)
         thinking = self.thoughts.think(latent, logits, seqs)
         for row, seq in enumerate(seqs):

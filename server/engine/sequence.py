@@ -43,6 +43,10 @@ class Sequence:
     thoughts: object = None
     thought_state: ThoughtState | None = None
     pending_input: torch.Tensor | None = None
+    # Draft-verified decoding (server/engine/drafts.py): token lists the output may repeat
+    # (earlier answers of the same request), and their n-gram index once built
+    draft_sources: list[list[int]] = field(default_factory=list)
+    draft_index: object = None
     vllm_id: str | None = None  # its request id in vLLM, when the vllm backend decodes it
     error: str | None = None  # set by a runner that failed this sequence alone (vllm backend)
 
