@@ -123,3 +123,43 @@ def test_vllm_backend_answers_as_hf(loaded):
     assert summary["greedy_equal"] >= 19, summary["greedy_diffs"]
     for run in summary["latentseek"]:
         assert run["same_rewards"] and run["same_candidates"], run
+
+
+def test_drafts_change_nothing_on_the_default_model(loaded):
+    """LatentSeek (earlier answers as drafts) and plain greedy with prompt lookup give the
+    undrafted texts, reward histories and captured latents, and drafts were accepted."""
+    from latent_ops.latentseek import LatentSeekConfig, latentseek
+    from latent_ops.program import Generate, SamplingParams, plain_generation
+    from latent_ops.rewards import ReferenceReward
+    from server.engine.build import EngineConfig, build_engine, run_programs
+    from server.refinement import chat_encoder
+
+    encode = chat_encoder(loaded.tokenizer)
+    prompts = [encode([{"role": "user", "content": q}]) for q in QUESTIONS]
+    cfg = LatentSeekConfig(max_steps=3, select="last", fraction=0.2)
+    outputs, stats = {}, {}
+    for name, settings in {
+        "off": {"draft_tokens": 0},
+        "on": {"draft_tokens": 8, "draft_prompt_lookup": True},
+    }.items():
+        engine = build_engine(loaded, EngineConfig(max_batch_size=4, **settings))
+        engine.start()
+        try:
+            refine = [
+                latentseek(ids, q, SamplingParams(max_tokens=48), cfg, ReferenceReward("-1"))
+                for ids, q in zip(prompts, QUESTIONS)
+            ]
+            capture = SamplingParams(max_tokens=48, capture_latents=True)
+            plain = [plain_generation([Generate(ids, capture)]) for ids in prompts]
+            outputs[name] = run_programs(engine, refine + plain, timeout=600)
+            stats[name] = engine.runner.drafter.stats if engine.runner.drafter else None
+        finally:
+            engine.shutdown()
+    for off, on in zip(outputs["off"][:4], outputs["on"][:4]):
+        assert on.generation.text == off.generation.text
+        assert on.reward_history == off.reward_history and len(on.reward_history) == 4
+    for off, on in zip(outputs["off"][4:], outputs["on"][4:]):
+        a, b = off.choices[0], on.choices[0]
+        assert b.token_ids == a.token_ids
+        assert torch.allclose(b.latents, a.latents, atol=1e-3)
+    assert stats["on"].accepted > 0
