@@ -138,6 +138,13 @@ class ServerConfig(BaseModel):
         description="draft every greedy sequence from n-grams of its own prompt (as vLLM's "
         "ngram speculative method)",
     )
+    refinement_yield_s: float = Field(
+        30.0,
+        ge=0,
+        description="scheduling: a refining request's sequences wait for batch slots behind "
+        "plain requests that arrived up to this many seconds after it (then by arrival); "
+        "0 = first come, first served",
+    )
     max_time_budget_ms: float = Field(
         600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"
     )

@@ -45,6 +45,7 @@ class EngineConfig:
     draft_tokens: int = _SERVER["draft_tokens"].default  # 0 = off
     draft_budget: int = _SERVER["draft_budget"].default
     draft_prompt_lookup: bool = _SERVER["draft_prompt_lookup"].default
+    refinement_yield_s: float = _SERVER["refinement_yield_s"].default
 
     @classmethod
     def from_server(cls, config) -> EngineConfig:
@@ -59,6 +60,7 @@ class EngineConfig:
             draft_tokens=config.draft_tokens,
             draft_budget=config.draft_budget,
             draft_prompt_lookup=config.draft_prompt_lookup,
+            refinement_yield_s=config.refinement_yield_s,
         )
 
 
@@ -117,6 +119,7 @@ def build_engine(
         on_finish=on_finish,
         on_latent_update=on_latent_update,
         latent_impl=cfg.latent_impl,
+        refinement_yield_s=cfg.refinement_yield_s,
     )
 
 

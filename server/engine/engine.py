@@ -80,8 +80,12 @@ class Engine:
         on_finish: Callable[[RequestStats], None] | None = None,
         on_latent_update: Callable[[float, int], None] | None = None,
         latent_impl: str = "auto",
+        refinement_yield_s: float = 0.0,
     ):
         self.runner = runner
+        # Scheduling: a refining request's sequences are admitted as if it had arrived this
+        # much later, so plain requests that came up to that long after it go first
+        self.refinement_yield_s = refinement_yield_s
         self.tokenizer = tokenizer
         self.max_queued_requests = max_queued_requests
         self.on_finish = on_finish
@@ -326,7 +330,8 @@ class Engine:
             list(need.prompt_ids) + prefix,
             replace(params, max_tokens=params.max_tokens - len(prefix)),
         )
-        seq.priority = req.stats.arrival
+        refining = req.stats.method not in (None, "none")
+        seq.priority = req.stats.arrival + (self.refinement_yield_s if refining else 0.0)
         if need.cache_prompt:
             seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
         seq.thoughts = need.thoughts

@@ -162,6 +162,8 @@ def summarize(results: list[Result], wall: float) -> dict:
         "tpot_ms": stats(tpot),
         "itl_ms": stats([x for r in ok for x in r.itl]),
         "e2e_latency_ms": stats([r.latency for r in ok]),
+        "plain_e2e_latency_ms": stats([r.latency for r in ok if not r.refined]),
+        "refined_e2e_latency_ms": stats([r.latency for r in ok if r.refined]),
     }
 
 
@@ -184,6 +186,8 @@ def table(summary: dict, title: str = "") -> str:
         ("tpot_ms", "TPOT"),
         ("itl_ms", "ITL"),
         ("e2e_latency_ms", "E2E latency"),
+        ("plain_e2e_latency_ms", "plain E2E"),
+        ("refined_e2e_latency_ms", "refined E2E"),
     ):
         s = summary[key]
         for stat in ("mean", "median", "p99"):
@@ -207,6 +211,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--refine-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare-plain",
+        action="store_true",
+        help="first the same load with no request refined (same arrivals), then the mixed "
+        "one; reports plain requests' latency under both and the ratio",
+    )
     parser.add_argument("--json", help="write the summary here")
 
 
@@ -216,15 +226,32 @@ def main(argv=None) -> dict:
     return run(parser.parse_args(argv))
 
 
-def run(args) -> dict:
+def _load(args, fraction: float) -> dict:
     bodies = build_requests(
-        args.data, args.num_requests, args.max_tokens, args.latent_fraction, args.refine_steps
+        args.data, args.num_requests, args.max_tokens, fraction, args.refine_steps
     )
     results, wall = asyncio.run(
         run_load(args.url, bodies, args.concurrency, args.request_rate, args.seed)
     )
-    summary = summarize(results, wall)
-    print(table(summary))
+    return summarize(results, wall)
+
+
+def run(args) -> dict:
+    if not args.compare_plain:
+        summary = _load(args, args.latent_fraction)
+        print(table(summary))
+    else:  # both loads in one run, the same arrival process
+        plain = _load(args, 0.0)
+        print(table(plain, "Plain-only load"))
+        mixed = _load(args, args.latent_fraction)
+        print(table(mixed, f"Mixed load ({args.latent_fraction:g} refined)"))
+        a, b = mixed["plain_e2e_latency_ms"], plain["plain_e2e_latency_ms"]
+        ratio = {k: a[k] / b[k] if a[k] and b[k] else None for k in ("median", "p99")}
+        summary = {"plain_only": plain, "mixed": mixed, "plain_latency_ratio": ratio}
+        print(
+            f"\nplain requests' E2E latency, mixed / plain-only: median "
+            f"{ratio['median'] or float('nan'):.2f}x, p99 {ratio['p99'] or float('nan'):.2f}x"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), **summary}, f, indent=1)

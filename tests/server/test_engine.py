@@ -42,8 +42,9 @@ class FakeRunner:
     def has_work(self) -> bool:
         return bool(self.waiting or self.batch)
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Sequence) -> None:  # admission order as ModelRunner's
         self.waiting.append(seq)
+        self.waiting.sort(key=lambda s: (s.priority, s.seq_id))
 
     def abort(self, seq: Sequence) -> None:
         if seq.finish_reason is None:
@@ -99,7 +100,7 @@ class FakeRunner:
 class Client:
     """One submitted request: its events, and a wait for the end."""
 
-    def __init__(self, engine: Engine, rid: str, need: Generate):
+    def __init__(self, engine: Engine, rid: str, need: Generate, method: str = "none"):
         self.events: list = []
         self.ended = threading.Event()
 
@@ -107,7 +108,7 @@ class Client:
             [generation] = yield [need]
             return generation
 
-        engine.submit(rid, program(), self._sink, RequestStats(request_id=rid))
+        engine.submit(rid, program(), self._sink, RequestStats(request_id=rid, method=method))
 
     def _sink(self, event) -> None:
         self.events.append(event)
@@ -226,3 +227,25 @@ def test_build_engine_takes_an_engine_config_and_overrides(tiny_loaded):
     assert (cfg.max_batch_size, cfg.backend) == (2, "hf")
     with pytest.raises(TypeError):
         build_engine(tiny_loaded, max_batch=4)  # not a setting
+
+
+@pytest.mark.parametrize("yield_s, first", [(30.0, "plain"), (0.0, "refined")])
+def test_refining_requests_yield_batch_slots_to_plain_ones(runner, tok, yield_s, first):
+    engine = Engine(runner, tok, refinement_yield_s=yield_s)
+    runner.paused = True
+    engine.start()
+    try:
+        refined = Client(engine, "refined", _need(tok, "slow"), method="latentseek")
+        time.sleep(0.05)  # the refined request arrives first
+        plain = Client(engine, "plain", _need(tok, "fast"))
+        deadline = time.monotonic() + 5
+        while len(runner.waiting) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        order = [
+            "plain" if s.prompt_ids == tok.encode("fast") else "refined" for s in runner.waiting
+        ]
+        assert order[0] == first
+        runner.paused = False
+        assert isinstance(refined.result(), Done) and isinstance(plain.result(), Done)
+    finally:
+        engine.shutdown()
