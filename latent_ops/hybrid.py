@@ -6,9 +6,10 @@ reward passed the threshold (or it failed: reward error, time budget), that is t
 and nothing is sampled. Otherwise (`max_steps`, or `no_update` for an answer too short to
 update) it draws k samples at the request's temperature, top_p and seed (one batch, as
 `best_of_n`), scores them with the same reward, and returns the best of the whole pool:
-LatentSeek's answers (greedy first) and the samples, by `latent_ops.sampling.choose_best`
-(highest reward, ties to the answer most common in the pool, then the earliest, so a
-LatentSeek answer wins a tie with a sample that holds the same final answer).
+LatentSeek's answers (greedy first) and the samples, by `pool_pick` (highest reward, ties
+to the answer most common in the pool, counting each distinct LatentSeek answer once,
+then the earliest, so a LatentSeek answer wins a tie with a sample holding the same final
+answer).
 
 Why this design (docs/EVALUATION.md has the measurements): on the synthetic problems
 with the arithmetic reward, LatentSeek's steps are cheap candidates (a step decodes only
@@ -38,6 +39,16 @@ from latent_ops.sampling import choose_best, sample_needs
 METHOD = "latentseek_best_of_n"
 # LatentSeek stopped for one of these: still unverified, so the samples are drawn
 SAMPLE_AFTER = ("max_steps", "no_update")
+
+
+def pool_pick(rewards: list[float | None], texts: list[str], n_seek: int) -> int:
+    """The pick among LatentSeek's `n_seek` candidates and the samples after them: the
+    highest reward, ties to the answer most common among the voters, then the earliest.
+    Voters are the samples and each *distinct* LatentSeek answer once: LatentSeek's steps
+    often re-decode one answer, and those repeats are not independent evidence."""
+    voters = list(dict.fromkeys(texts[:n_seek])) + texts[n_seek:]
+    pick = choose_best(rewards, texts, voters)
+    return 0 if pick is None else pick
 
 
 def latentseek_best_of_n(
@@ -78,8 +89,7 @@ def latentseek_best_of_n(
         out.candidate_tokens.append(len(s.token_ids) + reward.tokens - spent)
         spent = reward.tokens
 
-    pick = choose_best(out.reward_history, out.candidates)
-    pick = 0 if pick is None else pick
+    pick = pool_pick(out.reward_history, out.candidates, n_seek)
     out.generation = out.answers[pick]
     out.final_reward = out.reward_history[pick]
     out.stopped_reason = "max_samples"

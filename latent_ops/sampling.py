@@ -69,13 +69,16 @@ def majority(texts: list[str]) -> tuple[str | None, float, Counter]:
     return winner, top / len(texts), votes
 
 
-def choose_best(rewards: list[float | None], texts: list[str]) -> int | None:
+def choose_best(
+    rewards: list[float | None], texts: list[str], voters: list[str] | None = None
+) -> int | None:
     """best-of-N's pick: the highest reward (None: could not be scored), ties to the most
-    common final answer among all samples, then the earliest; None when nothing scored."""
+    common final answer among `voters` (default: all the texts), then the earliest; None
+    when nothing scored."""
     scored = [r for r in rewards if r is not None]
     if not scored:
         return None
-    _, _, votes = majority(texts)
+    _, _, votes = majority(texts if voters is None else voters)
     tied = [i for i, r in enumerate(rewards) if r == max(scored)]
     return max(tied, key=lambda i: (votes.get(answer_key(texts[i]), 0), -i))
 

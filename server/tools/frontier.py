@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latent_ops.choices import METHODS, REWARD_TYPES, REWARDED_METHODS
+from latent_ops.hybrid import pool_pick
 from latent_ops.rewards import answers_equal, extract_answer
 from latent_ops.sampling import choose_best, majority
 from server.tools.eval import (
@@ -143,8 +144,8 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
                     correct += chosen_at_budget(seek, ok, cfg.max_steps, cfg.select)
                     tokens += sum(costs[:n_seek])
                 else:
-                    pick = choose_best(o.reward_history[: n_seek + k], texts[: n_seek + k])
-                    correct += right(texts[pick or 0], p)
+                    pick = pool_pick(o.reward_history[: n_seek + k], texts[: n_seek + k], n_seek)
+                    correct += right(texts[pick], p)
                     tokens += sum(costs[: n_seek + k])
             elif spec.method == "best_of_n":
                 pick = choose_best(o.reward_history[:k], texts[:k])

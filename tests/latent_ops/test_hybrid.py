@@ -76,3 +76,13 @@ def test_a_latentseek_answer_wins_a_tie_it_shares_with_the_samples_majority():
     # and its earliest holder is LatentSeek's step
     assert out.choices[0].text == "it is 6" and out.choices[0].token_ids == list(range(100, 112))
     assert out.refinement_tokens == 10 + 4 + 4 + 4  # the returned step's 7 not counted
+
+
+def test_latentseek_repeats_vote_once():
+    from latent_ops.hybrid import pool_pick
+
+    texts = ["so 6", "so 6", "so 6", "it is 5", "5", "so 9"]  # 3 LatentSeek entries, 3 samples
+    rewards = [-1.0] * 6
+    assert pool_pick(rewards, texts, 3) == 3  # 5 has two independent votes, 6 only one
+    assert pool_pick(rewards, texts, 1) == 0  # three samples saying 6: 6 wins, earliest
+    assert pool_pick([-1.0, -1.0, -1.0, -1.0, 0.0, -1.0], texts, 3) == 4  # reward first
