@@ -31,6 +31,9 @@ METHODS: tuple[str, ...] = get_args(Method)
 RewardType = Literal["reference", "regex", "self", "webhook", "arithmetic", "consistency"]
 REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
 
+# Operator policy for refinement budgets under load (server/budgets.py).
+RefinementPolicy = Literal["fixed", "adaptive"]
+
 # LatentSeek: which answer a refinement returns.
 Select = Literal["best", "last"]
 

@@ -82,6 +82,7 @@ class Refined:
     discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
     sampling: dict | None = None  # best_of_n, self_consistency: samples, vote_share
+    budget: dict | None = None  # the budget the server granted (server/budgets.py)
     trace: Trace | None = None  # latent telemetry (latent_ops.telemetry)
     return_trace: bool = False  # the summary carries the whole trace
 
@@ -102,6 +103,7 @@ class Refined:
             "refinement_time_ms": round(self.refinement_time_ms, 3),
             **(self.loops or {}),
             **(self.sampling or {}),
+            **({"budget": self.budget} if self.budget is not None else {}),
             **({"trace": self.trace.summary()} if self.trace and self.return_trace else {}),
         }
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from latent_ops.choices import RefinementPolicy
+
 
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -144,6 +146,18 @@ class ServerConfig(BaseModel):
         description="scheduling: a refining request's sequences wait for batch slots behind "
         "plain requests that arrived up to this many seconds after it (then by arrival); "
         "0 = first come, first served",
+    )
+    refinement_policy: RefinementPolicy = Field(
+        "fixed",
+        description="refinement budgets under load: fixed (as asked), or adaptive (scaled by "
+        "load target / requests in the engine at admission, down to the request's "
+        "latent.min_steps / min_samples; server/budgets.py)",
+    )
+    refinement_load_target: int | None = Field(
+        None,
+        ge=1,
+        description="requests in the engine above which adaptive budgets shrink "
+        "(default: --max-batch-size)",
     )
     max_time_budget_ms: float = Field(
         600_000.0, ge=0, description="largest latent.time_budget_ms a request may ask for"

@@ -47,6 +47,12 @@ class Metrics:
         self.refinement_stop = Counter(
             P + "refinement_stop", "Refinements ended, by reason", ["method", "reason"], registry=r
         )
+        self.refinement_budget_cuts = Counter(
+            P + "refinement_budget_cuts",
+            "Refinements granted less than they asked (--refinement-policy adaptive), by reason",
+            ["method", "reason"],
+            registry=r,
+        )
         self.admission_rejections = Counter(
             P + "admission_rejections", "Requests rejected at admission", ["reason"], registry=r
         )
@@ -145,6 +151,7 @@ class Metrics:
         for method in METHODS:
             self.e2e_request_latency.labels(method=method)
         for method in METHODS[1:]:
+            self.refinement_budget_cuts.labels(method=method, reason="load")
             for child in (
                 self.refinement_tokens,
                 self.refinement_duration,
@@ -185,6 +192,9 @@ class Metrics:
             method = info["method"]
             self.refinement_tokens.labels(method=method).inc(stats.refinement_tokens)
             self.refinement_stop.labels(method=method, reason=info["stopped_reason"]).inc()
+            cut = (info.get("budget") or {}).get("cut_reason")
+            if cut is not None:
+                self.refinement_budget_cuts.labels(method=method, reason=cut).inc()
             self.refinement_duration.labels(method=method).observe(
                 info["refinement_time_ms"] / 1000
             )

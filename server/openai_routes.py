@@ -144,6 +144,7 @@ async def completions(body: CompletionRequest, request: Request):
         body.logprobs,
         chat_encoder(state.tokenizer),
         state.engine.adapters,
+        load=state.engine.num_running + state.engine.num_waiting,
     )
     prompt_tokens = sum(len(p) for p in ids)
     sub = submit(request, state, program, method=method)
@@ -227,6 +228,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         k,
         chat_encoder(state.tokenizer),
         state.engine.adapters,
+        load=state.engine.num_running + state.engine.num_waiting,
     )
     sub = submit(request, state, program, method=method)
     rid, created = new_id("chatcmpl"), now()

@@ -121,6 +121,9 @@ class LatentSpec(BaseModel):
     # best_of_n, self_consistency, latentseek_best_of_n: samples drawn (at most
     # --max-samples; the hybrid draws them only when LatentSeek's answer fails the threshold)
     samples: int | None = Field(None, ge=1)
+    # floors under --refinement-policy adaptive: budgets are never cut below them
+    min_steps: int | None = Field(None, ge=0)
+    min_samples: int | None = Field(None, ge=1)
     # SLR
     layout: Layout | None = None
     max_loops: int | None = Field(None, ge=0)
@@ -234,6 +237,8 @@ class LatentSummary(BaseModel):
     samples: int | None = None
     vote_share: float | None = None
     latentseek_candidates: int | None = None  # latentseek_best_of_n: LatentSeek's share
+    # the budget granted: {policy, asked, granted, cut_reason} (server/budgets.py)
+    budget: dict | None = None
     # SLR
     loops: int | None = None
     loop_deltas: list[float] | None = None

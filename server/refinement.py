@@ -36,6 +36,7 @@ from latent_ops.sampling import (
 from latent_ops.slr import REQUEST_FIELDS as SLR_REQUEST_FIELDS
 from latent_ops.slr import SLRConfig, slr
 from latent_ops.urls import allowed_url
+from server.budgets import Budget, budget_for, reported
 from server.errors import APIError
 
 
@@ -72,13 +73,13 @@ class PromptRecord:
 
 
 def build_program(
-    body, config, prompts: list[PromptRecord], logprobs, encode_chat=None, adapters=None
+    body, config, prompts: list[PromptRecord], logprobs, encode_chat=None, adapters=None, load=0
 ):
     """The program for a request body and its prompts, and the method name for metrics.
 
     logprobs: per-token logprobs to return (None: none); encode_chat(messages) -> token ids
     renders verifier prompts for the self reward; adapters: the engine's SLR loop adapters
-    by name.
+    by name; load: requests in the engine now (adaptive budgets, server/budgets.py).
     """
     spec = body.latent
     if spec is None or spec.method == "none":
@@ -100,25 +101,53 @@ def build_program(
             f"latent.samples applies to {', '.join(SAMPLED_METHODS)}, not {spec.method}",
             param="latent.samples",
         )
+    if spec.min_samples is not None and spec.method not in SAMPLED_METHODS:
+        raise APIError(
+            400,
+            f"latent.min_samples applies to {', '.join(SAMPLED_METHODS)}, not {spec.method}",
+            param="latent.min_samples",
+        )
     if prompt is None or body.n != 1:
         raise APIError(400, "latent refinement takes a single prompt and n = 1", param="latent")
+    budget = budget_for(
+        config.refinement_policy, load, config.refinement_load_target or config.max_batch_size
+    )
     if spec.method in SAMPLING_METHODS:
-        return sampling_program(body, spec, config, prompt, encode_chat), spec.method
+        program = sampling_program(body, spec, config, prompt, encode_chat, budget)
+        return program, spec.method
     if spec.method in ("slr", "contrastive"):
         params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
         return slr(prompt.ids, params, slr_config(spec, config, adapters or {})), spec.method
     if spec.reward is None:
         raise APIError(400, f"{spec.method} needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
+    asked = {"max_steps": cfg.max_steps, "speculative_steps": cfg.speculative_steps}
+    cfg.max_steps = budget.steps(cfg.max_steps, spec.min_steps or 0)
+    cfg.speculative_steps = budget.steps(cfg.speculative_steps, 1)
+    granted = {"max_steps": cfg.max_steps, "speculative_steps": cfg.speculative_steps}
     if spec.method == "latentseek_best_of_n":
         samples = sample_count(body, spec, config)
+        asked["samples"], granted["samples"] = (
+            samples,
+            budget.samples(samples, spec.min_samples or 1),
+        )
         params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
         reward = make_reward(spec.reward, config, encode_chat, prompt, params)
-        program = latentseek_best_of_n(prompt.ids, prompt.text, params, cfg, samples, reward)
-        return program, spec.method
-    params = sampling_params(body, prompt.max_tokens, None)
-    reward = make_reward(spec.reward, config, encode_chat, prompt, params)
-    return latentseek(prompt.ids, prompt.text, params, cfg, reward), "latentseek"
+        program = latentseek_best_of_n(
+            prompt.ids, prompt.text, params, cfg, granted["samples"], reward
+        )
+    else:
+        params = sampling_params(body, prompt.max_tokens, None)
+        reward = make_reward(spec.reward, config, encode_chat, prompt, params)
+        program = latentseek(prompt.ids, prompt.text, params, cfg, reward)
+    return with_budget(program, reported(budget, asked, granted)), spec.method
+
+
+def with_budget(program, report: dict):
+    """`program`, its output carrying the budget it was granted (`latent.budget`)."""
+    out = yield from program
+    out.budget = report
+    return out
 
 
 def _deadline(config) -> float | None:
@@ -216,19 +245,21 @@ def sample_count(body, spec, config) -> int:
     return samples
 
 
-def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat):
-    """best_of_n or self_consistency: `samples` draws at the request's own temperature,
-    top_p and seed."""
-    samples = sample_count(body, spec, config)
+def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat, budget: Budget):
+    """best_of_n or self_consistency: `samples` draws (as the budget grants) at the
+    request's own temperature, top_p and seed."""
+    asked = sample_count(body, spec, config)
+    samples = budget.samples(asked, spec.min_samples or 1)
+    report = reported(budget, {"samples": asked}, {"samples": samples})
     params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
     if spec.method == "self_consistency":
         if spec.reward is not None:
             raise APIError(400, "self_consistency takes no reward", param="latent.reward")
-        return self_consistency(prompt.ids, params, samples)
+        return with_budget(self_consistency(prompt.ids, params, samples), report)
     if spec.reward is None:
         raise APIError(400, "best_of_n needs a reward", param="latent.reward")
     reward = make_reward(spec.reward, config, encode_chat, prompt, params)
-    return best_of_n(prompt.ids, prompt.text, params, samples, reward)
+    return with_budget(best_of_n(prompt.ids, prompt.text, params, samples, reward), report)
 
 
 def _check_samples(samples: int, config, param: str) -> None:
