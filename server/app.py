@@ -24,6 +24,7 @@ from server.config import ServerConfig
 from server.errors import error_response, install_error_handlers
 from server.metrics import Metrics
 from server.middleware import RequestContext
+from server.profiles import model_ids
 from server.protocol import ModelCard, ModelList, now
 from server.transport import uvicorn_config
 
@@ -41,6 +42,7 @@ class ServerState:
     max_model_len: int
     metrics: Metrics
     max_token_chars: int = 1 << 30  # the longest token's text: bounds a prompt's tokens
+    profiles: dict | None = None  # refinement profiles by name (server/profiles.py)
 
 
 def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerState:
@@ -65,6 +67,7 @@ def _load_state(config: ServerConfig, metrics: Metrics, loaded=None) -> ServerSt
         max_model_len=engine.runner.max_model_len,
         metrics=metrics,
         max_token_chars=max_token_chars(loaded.tokenizer),
+        profiles=config.profiles,
     )
 
 
@@ -141,8 +144,11 @@ def build_app(config: ServerConfig, loaded=None) -> FastAPI:
     @app.get("/v1/models", response_model=ModelList)
     async def models(request: Request):
         state: ServerState = request.app.state.server
-        card = ModelCard(id=state.model_name, created=now(), max_model_len=state.max_model_len)
-        return ModelList(data=[card])
+        ids = model_ids(state.model_name, state.profiles or {})
+        created = now()
+        return ModelList(
+            data=[ModelCard(id=i, created=created, max_model_len=state.max_model_len) for i in ids]
+        )
 
     @app.get("/metrics")
     async def metrics_route():

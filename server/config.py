@@ -147,6 +147,11 @@ class ServerConfig(BaseModel):
         "plain requests that arrived up to this many seconds after it (then by arrival); "
         "0 = first come, first served",
     )
+    refinement_profile: list[str] = Field(
+        default_factory=list,
+        description="named latent specs a client selects by model id BASE:NAME: NAME=JSON, "
+        "or a JSON/YAML file of NAME: spec (server/profiles.py)",
+    )
     refinement_policy: RefinementPolicy = Field(
         "fixed",
         description="refinement budgets under load: fixed (as asked), or adaptive (scaled by "
@@ -197,6 +202,21 @@ class ServerConfig(BaseModel):
         if bad:
             raise ValueError(f"entries that can never match (latent_ops/urls.py): {bad}")
         return items
+
+    @field_validator("refinement_profile")
+    @classmethod
+    def _profiles_parse(cls, items: list[str]) -> list[str]:
+        from server.profiles import parse_profiles
+
+        parse_profiles(items)  # ValueError naming the bad profile, at start-up
+        return items
+
+    @property
+    def profiles(self) -> dict[str, dict]:
+        """`refinement_profile` as name -> latent spec."""
+        from server.profiles import parse_profiles
+
+        return parse_profiles(self.refinement_profile)
 
     @field_validator("slr_adapter")
     @classmethod

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from latent_ops.program import Generation
 from server.engine.interface import Delta
 from server.errors import APIError
+from server.profiles import merged_latent, resolve
 from server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -62,9 +63,17 @@ def _state(request: Request):
     return state
 
 
-def _check_model(name: str | None, state) -> None:
-    if name is not None and name != state.model_name:
-        raise APIError(404, f"The model `{name}` does not exist.", param="model")
+def _model(body, state) -> str:
+    """The model id to answer with; a profile's `BASE:NAME` puts its latent spec under the
+    request's own `latent` fields (server/profiles.py); 404 for an unknown id."""
+    profile = resolve(body.model, state.model_name, state.profiles or {})
+    if profile is None:
+        return state.model_name
+    try:
+        body.latent = merged_latent(profile, body.latent)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise APIError(400, f"latent with the profile's fields: {exc}", param="latent") from exc
+    return body.model
 
 
 def _check_sequences(state, count: int) -> None:
@@ -129,7 +138,7 @@ def _budget(state, prompt_len: int, max_tokens: int | None, prompt_param: str) -
 @router.post("/v1/completions", response_model=CompletionResponse, responses=_ERRORS)
 async def completions(body: CompletionRequest, request: Request):
     state = _state(request)
-    _check_model(body.model, state)
+    model = _model(body, state)
     texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     _check_sequences(state, len(texts) * body.n)
     ids = await _tokenize(state, texts, "prompt")
@@ -164,13 +173,13 @@ async def completions(body: CompletionRequest, request: Request):
         return CompletionResponse(
             id=rid,
             created=created,
-            model=state.model_name,
+            model=model,
             choices=[choice(i, r) for i, r in enumerate(results)],
             usage=usage(results, prompt_tokens, refinement),
             latent=latent,
         )
 
-    chunk = chunker(CompletionResponse, rid, created, state.model_name)
+    chunk = chunker(CompletionResponse, rid, created, model)
 
     def on_event(d: Delta):
         lp = _completion_logprobs(tok, d.logprobs) if d.logprobs is not None else None
@@ -202,7 +211,7 @@ def _completion_logprobs(tok, entries) -> CompletionLogprobs:
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
-    _check_model(body.model, state)
+    model = _model(body, state)
     _check_sequences(state, body.n)
     tok = state.tokenizer
     if body.top_logprobs is not None and not body.logprobs:
@@ -248,7 +257,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return ChatCompletionResponse(
             id=rid,
             created=created,
-            model=state.model_name,
+            model=model,
             choices=choices,
             usage=usage(results, len(ids), refinement),
             latent=latent,
@@ -256,7 +265,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
     started: set[int] = set()
 
-    chunk = chunker(ChatCompletionChunk, rid, created, state.model_name)
+    chunk = chunker(ChatCompletionChunk, rid, created, model)
 
     def delta(index: int, text: str, lp=None):
         if index not in started:
