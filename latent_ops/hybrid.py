@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import time
 
-from latent_ops.latentseek import LatentSeekConfig, latentseek
-from latent_ops.program import Generation, SamplingParams
+from latent_ops.latentseek import LatentSeekConfig, latentseek, progress
+from latent_ops.program import Generation, Report, SamplingParams
 from latent_ops.rewards import Reward, RewardError, checked_reward
 from latent_ops.sampling import choose_best, sample_needs
 
@@ -59,12 +59,13 @@ def latentseek_best_of_n(
     k: int,
     reward: Reward,
     clock=time.monotonic,
+    report: bool = False,
 ):
     """The hybrid program. `params` are the request's (LatentSeek decodes them greedily;
     the samples use their temperature, top_p and seed)."""
     start = clock()
     out = yield from latentseek(prompt_ids, prompt_text, params, cfg, reward, clock)
-    out.method = METHOD
+    out.method = METHOD  # (LatentSeek's own reports, if any, say "latentseek")
     n_seek = len(out.candidates)
     out.sampling = {"samples": 0, "latentseek_candidates": n_seek}
     if out.stopped_reason not in SAMPLE_AFTER or k == 0:
@@ -77,6 +78,7 @@ def latentseek_best_of_n(
     for s in samples:
         r = known.get(s.text)
         if r is None:
+            out.reward_evaluations += 1
             try:
                 r = checked_reward((yield from reward.score(prompt_text, s.text)))
             except RewardError:
@@ -88,6 +90,8 @@ def latentseek_best_of_n(
         out.answers.append(s)
         out.candidate_tokens.append(len(s.token_ids) + reward.tokens - spent)
         spent = reward.tokens
+        if report:
+            yield [Report(progress(out, "sample", len(out.candidates) - n_seek, r))]
 
     pick = pool_pick(out.reward_history, out.candidates, n_seek)
     out.generation = out.answers[pick]
@@ -98,5 +102,6 @@ def latentseek_best_of_n(
     decoded = min(len(out.generation.token_ids), out.candidate_tokens[pick])
     out.refinement_tokens = sum(out.candidate_tokens) - decoded
     out.sampling = {"samples": k, "latentseek_candidates": n_seek}
+    out.reward_tokens = reward.tokens
     out.refinement_time_ms = (clock() - start) * 1000
     return out

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from latent_ops.choices import Select
-from latent_ops.program import Generate, Generation, LatentUpdate, SamplingParams
+from latent_ops.program import Generate, Generation, LatentUpdate, Report, SamplingParams
 from latent_ops.rewards import Reward, RewardError, checked_reward
 from latent_ops.telemetry import Trace
 
@@ -53,6 +53,7 @@ class LatentSeekConfig:
     select: Select = "best"
     time_budget_ms: float | None = None
     return_trace: bool = False  # put the latent trajectory in the response
+    report_progress: bool = False  # a `Report` need per scored answer (streamed requests)
     # Steps whose continuations may decode together when the reward allows speculation
     # (see the module docstring); 1 = one step at a time. A server setting, not per request.
     speculative_steps: int = 1
@@ -80,11 +81,23 @@ class Refined:
     candidate_tokens: list[int] = field(default_factory=list)
     reused_answers: int = 0  # steps whose prefix matched an answer already decoded
     discarded_tokens: int = 0  # tokens of speculated steps after the one that stopped
+    reward_evaluations: int = 0  # answers scored (a deterministic reward's repeat is reused)
+    reward_tokens: int = 0  # what the reward generated (verifiers, consistency samples)
     loops: dict | None = None  # SLR: ThoughtState.summary() (loops, loop_deltas, ...)
     sampling: dict | None = None  # best_of_n, self_consistency: samples, vote_share
     budget: dict | None = None  # the budget the server granted (server/budgets.py)
     trace: Trace | None = None  # latent telemetry (latent_ops.telemetry)
     return_trace: bool = False  # the summary carries the whole trace
+    return_baseline: bool = False  # the summary carries the first answer and its reward
+
+    def baseline(self) -> dict | None:
+        """The first answer the method computed (LatentSeek and the hybrid: greedy; best-of-N
+        and self-consistency: the first sample) and its reward; None where the method
+        computes no unrefined answer (SLR's loops run before the answer's first token)."""
+        if not self.candidates:
+            return None
+        reward = self.reward_history[0] if self.reward_history else None
+        return {"text": self.candidates[0], "reward": reward}
 
     @property
     def choices(self) -> list[Generation]:
@@ -104,6 +117,7 @@ class Refined:
             **(self.loops or {}),
             **(self.sampling or {}),
             **({"budget": self.budget} if self.budget is not None else {}),
+            **({"baseline": self.baseline()} if self.return_baseline else {}),
             **({"trace": self.trace.summary()} if self.trace and self.return_trace else {}),
         }
 
@@ -128,10 +142,12 @@ def latentseek(
         out.stopped_reason, out.generation = reason, chosen
         out.refinement_time_ms = (clock() - start) * 1000
         out.refinement_tokens += reward.tokens  # what the reward generated (verifiers, samples)
+        out.reward_tokens = reward.tokens
         return out
 
     if first.finish_reason == "deadline":
         return done("time_budget", first)
+    out.reward_evaluations += 1
     try:
         r0 = checked_reward((yield from reward.score(prompt_text, first.text)))
     except RewardError:
@@ -141,6 +157,8 @@ def latentseek(
     out.candidates.append(first.text)
     out.answers.append(first)
     out.candidate_tokens.append(len(first.token_ids) + reward.tokens)
+    if cfg.report_progress:
+        yield [Report(progress(out, "step", 0, r0))]
     if r0 > cfg.threshold:
         return done("threshold", first)
     n_update = min(math.floor(cfg.fraction * len(first.token_ids)), cfg.max_update_tokens)
@@ -223,6 +241,7 @@ def latentseek(
                 if reward.deterministic and answer.text in scores:
                     r = scores[answer.text]
                 else:
+                    out.reward_evaluations += 1
                     r = checked_reward((yield from reward.score(prompt_text, answer.text)))
                     scores[answer.text] = r
             except RewardError:
@@ -231,6 +250,8 @@ def latentseek(
             out.candidates.append(answer.text)
             out.answers.append(answer)
             out.candidate_tokens.append(decoded_now + reward.tokens - spent)
+            if cfg.report_progress:
+                yield [Report(progress(out, "step", step, r))]
             current = answer
             if r > best_reward:
                 best, best_reward = answer, r
@@ -238,6 +259,17 @@ def latentseek(
             if r > cfg.threshold:
                 return stop("threshold", fresh)
     return done("max_steps", chosen())
+
+
+def progress(out: Refined, unit: str, index: int, reward: float | None) -> dict:
+    """A progress report: which step (or sample) was scored, its reward, and the tokens
+    generated so far (the sum of the candidates' costs)."""
+    return {
+        "method": out.method,
+        unit: index,
+        "reward": reward,
+        "tokens": sum(out.candidate_tokens),
+    }
 
 
 def speculation_value(reward: Reward, threshold: float) -> float | None:

@@ -124,9 +124,18 @@ class LatentUpdate:
     step: int
 
 
+@dataclass
+class Report:
+    """Need: tell the client how refinement is going (a streamed progress event: step or
+    sample, reward, tokens so far); answered at once with None."""
+
+    info: dict
+
+
 # What a program may ask for. The engine answers a Generate with a Generation, a Call with
-# fn's outcome and a LatentUpdate with a token tensor [U] (or a FloatingPointError).
-Need = Generate | Call | LatentUpdate
+# fn's outcome, a LatentUpdate with a token tensor [U] (or a FloatingPointError) and a
+# Report with None.
+Need = Generate | Call | LatentUpdate | Report
 
 
 class Output(Protocol):

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import replace
 
 from latent_ops.latentseek import Refined
-from latent_ops.program import Generate, Generation, SamplingParams
+from latent_ops.program import Generate, Generation, Report, SamplingParams
 from latent_ops.rewards import (
     Reward,
     RewardError,
@@ -94,16 +94,23 @@ def best_of_n(
     k: int,
     reward: Reward,
     clock=time.monotonic,
+    report: bool = False,
 ):
-    """The best-of-N program: k samples in one batch, each scored, the best returned."""
+    """The best-of-N program: k samples in one batch, each scored, the best returned;
+    `report`: a `Report` need per scored sample (streamed requests)."""
     start = clock()
     samples: list[Generation] = yield sample_needs(prompt_ids, params, k)
     rewards: list[float | None] = []
-    for s in samples:
+    tokens = 0
+    for i, s in enumerate(samples):
         try:
             rewards.append(checked_reward((yield from reward.score(prompt_text, s.text))))
         except RewardError:
             rewards.append(None)  # this sample cannot win; the others still count
+        tokens += len(s.token_ids)
+        if report:
+            info = {"method": "best_of_n", "sample": i + 1, "reward": rewards[-1]}
+            yield [Report(info | {"tokens": tokens + reward.tokens})]
     chosen = choose_best(rewards, [s.text for s in samples])
     reason = "reward_error" if chosen is None else "max_samples"
     chosen = chosen or 0
@@ -121,17 +128,24 @@ def best_of_n(
     out.candidate_tokens = [len(s.token_ids) for s in samples]
     out.candidate_tokens[0] += reward.tokens  # a consistency reward samples once, first
     out.refinement_tokens = _generated(samples, chosen) + reward.tokens
+    out.reward_evaluations, out.reward_tokens = len(samples), reward.tokens
     out.sampling = {"samples": k}
     out.refinement_time_ms = (clock() - start) * 1000
     return out
 
 
-def self_consistency(prompt_ids: list[int], params: SamplingParams, k: int, clock=time.monotonic):
-    """The self-consistency program: k samples, majority vote over their final answers."""
+def self_consistency(
+    prompt_ids: list[int], params: SamplingParams, k: int, clock=time.monotonic, report=False
+):
+    """The self-consistency program: k samples, majority vote over their final answers;
+    `report`: one `Report` need once the samples are in (streamed requests)."""
     start = clock()
     samples: list[Generation] = yield sample_needs(prompt_ids, params, k)
     texts = [s.text for s in samples]
     winner, share, _ = majority(texts)
+    if report:
+        tokens = sum(len(s.token_ids) for s in samples)
+        yield [Report({"method": "self_consistency", "sample": k, "tokens": tokens})]
     chosen = (
         0 if winner is None else next(i for i, t in enumerate(texts) if answer_key(t) == winner)
     )

@@ -83,6 +83,7 @@ class SLRConfig:
     exit_threshold: float | None = None
     time_budget_ms: float | None = None
     return_trace: bool = False  # put the loop states' trajectory in the response
+    report_progress: bool = False  # a progress event per loop (streamed requests)
     adapter: str | None = None  # a named LoopAdapter loaded at start-up (--slr-adapter)
     # contrastive refinement (ALGORITHMS.md §3): needs an adapter (strong) against the base
     contrastive: bool = False

@@ -94,6 +94,20 @@ class Metrics:
             buckets=REFINE_BUCKETS,
             registry=r,
         )
+        self.refinement_phase = Histogram(
+            P + "refinement_phase_seconds",
+            "Wall time of refined requests per phase (usage.refinement.time_ms)",
+            ["method", "phase"],
+            buckets=REFINE_BUCKETS,
+            registry=r,
+        )
+        self.refinement_forward_passes = Histogram(
+            P + "refinement_forward_passes",
+            "Runner steps a refined request's sequences took part in",
+            ["method"],
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
         self.refinement_steps = Histogram(
             P + "refinement_steps",
             "Refinement iterations per request",
@@ -192,6 +206,9 @@ class Metrics:
             method = info["method"]
             self.refinement_tokens.labels(method=method).inc(stats.refinement_tokens)
             self.refinement_stop.labels(method=method, reason=info["stopped_reason"]).inc()
+            for phase, seconds in stats.phase_seconds().items():
+                self.refinement_phase.labels(method=method, phase=phase).observe(seconds)
+            self.refinement_forward_passes.labels(method=method).observe(stats.forward_passes)
             cut = (info.get("budget") or {}).get("cut_reason")
             if cut is not None:
                 self.refinement_budget_cuts.labels(method=method, reason=cut).inc()

@@ -41,6 +41,7 @@ from server.submission import (
     chunker,
     closing_chunks,
     finish_reason,
+    progress_chunk,
     sse,
     streaming_response,
     submit,
@@ -169,14 +170,13 @@ async def completions(body: CompletionRequest, request: Request):
 
     if not body.stream:
         output = await wait(request, sub)
-        results, latent, refinement = output.choices, output.summary(), output.refinement_tokens
         return CompletionResponse(
             id=rid,
             created=created,
             model=model,
-            choices=[choice(i, r) for i, r in enumerate(results)],
-            usage=usage(results, prompt_tokens, refinement),
-            latent=latent,
+            choices=[choice(i, r) for i, r in enumerate(output.choices)],
+            usage=usage(output, prompt_tokens, sub.stats),
+            latent=output.summary(),
         )
 
     chunk = chunker(CompletionResponse, rid, created, model)
@@ -193,9 +193,10 @@ async def completions(body: CompletionRequest, request: Request):
             chunk,
             answer=lambda i, r: [chunk([choice(i, r, finish=False)])],
             finish=lambda i, r: CompletionChoice(index=i, text="", finish_reason=finish_reason(r)),
+            stats=sub.stats,
         )
 
-    return streaming_response(sse(sub, on_event, on_done))
+    return streaming_response(sse(sub, on_event, on_done, progress_chunk(chunk)))
 
 
 def _completion_logprobs(tok, entries) -> CompletionLogprobs:
@@ -244,7 +245,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
     if not body.stream:
         output = await wait(request, sub)
-        results, latent, refinement = output.choices, output.summary(), output.refinement_tokens
         choices = [
             ChatChoice(
                 index=i,
@@ -252,15 +252,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 finish_reason=finish_reason(r),
                 logprobs=_chat_logprobs(tok, r.logprobs) if r.logprobs is not None else None,
             )
-            for i, r in enumerate(results)
+            for i, r in enumerate(output.choices)
         ]
         return ChatCompletionResponse(
             id=rid,
             created=created,
             model=model,
             choices=choices,
-            usage=usage(results, len(ids), refinement),
-            latent=latent,
+            usage=usage(output, len(ids), sub.stats),
+            latent=output.summary(),
         )
 
     started: set[int] = set()
@@ -287,9 +287,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             finish=lambda i, r: ChatChunkChoice(
                 index=i, delta=DeltaMessage(), finish_reason=finish_reason(r)
             ),
+            stats=sub.stats,
         )
 
-    return streaming_response(sse(sub, on_event, on_done))
+    return streaming_response(sse(sub, on_event, on_done, progress_chunk(chunk)))
 
 
 def _chat_logprobs(tok, entries) -> ChatLogprobs:

@@ -136,6 +136,8 @@ class LatentSpec(BaseModel):
     eta: FiniteFloat | None = Field(None, ge=0.0, le=100.0)
     gamma: FiniteFloat | None = Field(None, ge=0.0, le=1.0)
     return_trace: bool = False
+    # the unrefined first answer and its reward beside the refined one (latent.baseline)
+    return_baseline: bool = False
 
 
 class _SamplingRequest(_Strict):
@@ -203,11 +205,25 @@ def now() -> int:
     return int(time.time())
 
 
+class RefinementUsage(BaseModel):
+    """What a refined request did and cost (`usage.refinement`)."""
+
+    forward_passes: int  # runner steps its sequences took part in
+    generated_tokens: int  # every token its sequences decoded (answers, continuations,
+    # samples, verifier answers)
+    discarded_tokens: int  # decoded for speculated steps after the one that stopped
+    latent_update_rows: int  # latent rows it updated, summed over steps
+    reward_evaluations: int  # answers scored (a repeated text's score is reused)
+    reward_tokens: int  # tokens its reward generated (self verifier, consistency samples)
+    time_ms: dict[str, float]  # queue, decode, latent_update, reward, total
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     refinement_tokens: int = 0
+    refinement: RefinementUsage | None = None  # refined requests only
 
 
 class CompletionLogprobs(BaseModel):
@@ -239,12 +255,22 @@ class LatentSummary(BaseModel):
     latentseek_candidates: int | None = None  # latentseek_best_of_n: LatentSeek's share
     # the budget granted: {policy, asked, granted, cut_reason} (server/budgets.py)
     budget: dict | None = None
+    # with return_baseline: {"text", "reward"} of the first answer (null for SLR)
+    baseline: dict | None = None
     # SLR
     loops: int | None = None
     loop_deltas: list[float] | None = None
     exit_criterion: str | None = None
     exit_values: list[float] | None = None
     trace: dict | None = None  # latent telemetry, with return_trace (latent_ops.telemetry)
+
+
+class LatentProgress(BaseModel):
+    """A streamed refinement's progress chunk (`choices` empty): `progress` holds the
+    method, the `step`, `sample` or `loop` just finished, its `reward` (null where the
+    method has none) and the `tokens` generated so far (SLR loops: the loop's `delta`)."""
+
+    progress: dict
 
 
 class CompletionResponse(BaseModel):
@@ -254,7 +280,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    latent: LatentSummary | None = None
+    latent: LatentSummary | LatentProgress | None = None
 
 
 class TopLogprob(BaseModel):
@@ -291,7 +317,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    latent: LatentSummary | None = None
+    latent: LatentSummary | LatentProgress | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -313,7 +339,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
-    latent: LatentSummary | None = None
+    latent: LatentSummary | LatentProgress | None = None
 
 
 class ModelCard(BaseModel):

@@ -117,10 +117,13 @@ def build_program(
         return program, spec.method
     if spec.method in ("slr", "contrastive"):
         params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
-        return slr(prompt.ids, params, slr_config(spec, config, adapters or {})), spec.method
+        cfg = slr_config(spec, config, adapters or {})
+        cfg.report_progress = body.stream
+        return finishing(slr(prompt.ids, params, cfg), None, spec), spec.method
     if spec.reward is None:
         raise APIError(400, f"{spec.method} needs a reward", param="latent.reward")
     cfg = latentseek_config(spec, config)
+    cfg.report_progress = body.stream
     asked = {"max_steps": cfg.max_steps, "speculative_steps": cfg.speculative_steps}
     cfg.max_steps = budget.steps(cfg.max_steps, spec.min_steps or 0)
     cfg.speculative_steps = budget.steps(cfg.speculative_steps, 1)
@@ -134,19 +137,21 @@ def build_program(
         params = sampling_params(body, prompt.max_tokens, None, deadline=_deadline(config))
         reward = make_reward(spec.reward, config, encode_chat, prompt, params)
         program = latentseek_best_of_n(
-            prompt.ids, prompt.text, params, cfg, granted["samples"], reward
+            prompt.ids, prompt.text, params, cfg, granted["samples"], reward, report=body.stream
         )
     else:
         params = sampling_params(body, prompt.max_tokens, None)
         reward = make_reward(spec.reward, config, encode_chat, prompt, params)
         program = latentseek(prompt.ids, prompt.text, params, cfg, reward)
-    return with_budget(program, reported(budget, asked, granted)), spec.method
+    return finishing(program, reported(budget, asked, granted), spec), spec.method
 
 
-def with_budget(program, report: dict):
-    """`program`, its output carrying the budget it was granted (`latent.budget`)."""
+def finishing(program, budget: dict | None, spec):
+    """`program`, its output carrying the budget it was granted (`latent.budget`) and, with
+    `latent.return_baseline`, its first answer (`latent.baseline`)."""
     out = yield from program
-    out.budget = report
+    out.budget = budget
+    out.return_baseline = spec.return_baseline
     return out
 
 
@@ -255,11 +260,13 @@ def sampling_program(body, spec, config, prompt: PromptRecord, encode_chat, budg
     if spec.method == "self_consistency":
         if spec.reward is not None:
             raise APIError(400, "self_consistency takes no reward", param="latent.reward")
-        return with_budget(self_consistency(prompt.ids, params, samples), report)
+        program = self_consistency(prompt.ids, params, samples, report=body.stream)
+        return finishing(program, report, spec)
     if spec.reward is None:
         raise APIError(400, "best_of_n needs a reward", param="latent.reward")
     reward = make_reward(spec.reward, config, encode_chat, prompt, params)
-    return with_budget(best_of_n(prompt.ids, prompt.text, params, samples, reward), report)
+    program = best_of_n(prompt.ids, prompt.text, params, samples, reward, report=body.stream)
+    return finishing(program, report, spec)
 
 
 def _check_samples(samples: int, config, param: str) -> None:

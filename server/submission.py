@@ -28,20 +28,40 @@ from server.engine.interface import (
     Done,
     EngineDead,
     Failed,
+    Progress,
     QueueFull,
     RequestStats,
 )
 from server.errors import APIError, error_body
-from server.protocol import Usage
+from server.protocol import LatentProgress, RefinementUsage, Usage
 
 
-def usage(results: list[Generation], prompt_tokens: int, refinement_tokens: int = 0) -> Usage:
-    completion = sum(len(r.token_ids) for r in results)
+def usage(output, prompt_tokens: int, stats: RequestStats | None = None) -> Usage:
+    """`usage` for a program's output; a refined one also gets the `refinement` object,
+    from the output and the engine's `stats` of the request."""
+    completion = sum(len(r.token_ids) for r in output.choices)
+    refined = output.summary() is not None
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         total_tokens=prompt_tokens + completion,
-        refinement_tokens=refinement_tokens,
+        refinement_tokens=output.refinement_tokens,
+        refinement=refinement_usage(output, stats) if refined and stats is not None else None,
+    )
+
+
+def refinement_usage(output, stats: RequestStats) -> RefinementUsage:
+    """What a refinement did and cost: passes, tokens, latent rows, reward evaluations and
+    wall time per phase (queue, decode, latent update, reward calls)."""
+    times = stats.phase_seconds()
+    return RefinementUsage(
+        forward_passes=stats.forward_passes,
+        generated_tokens=stats.generated_tokens,
+        discarded_tokens=output.discarded_tokens,
+        latent_update_rows=stats.latent_update_rows,
+        reward_evaluations=output.reward_evaluations,
+        reward_tokens=output.reward_tokens,
+        time_ms={phase: round(s * 1000, 3) for phase, s in times.items()},
     )
 
 
@@ -54,6 +74,8 @@ class Submission:
     request_id: str
     events: asyncio.Queue
     engine: object
+    stats: RequestStats  # the engine fills it in; final once the output arrives
+    http: Request  # the client's request (is it still connected?)
 
 
 def submit(request: Request, state, program, method: str) -> Submission:
@@ -65,13 +87,9 @@ def submit(request: Request, state, program, method: str) -> Submission:
     def sink(event) -> None:
         loop.call_soon_threadsafe(events.put_nowait, event)
 
+    stats = RequestStats(request_id=rid, method=method, trace_id=request.state.request_id)
     try:
-        state.engine.submit(
-            rid,
-            program,
-            sink,
-            RequestStats(request_id=rid, method=method, trace_id=request.state.request_id),
-        )
+        state.engine.submit(rid, program, sink, stats)
     except QueueFull as exc:
         state.metrics.admission_rejections.labels(reason="queue_full").inc()
         raise APIError(
@@ -79,7 +97,7 @@ def submit(request: Request, state, program, method: str) -> Submission:
         ) from exc
     except EngineDead as exc:
         raise APIError(503, "the engine is not running") from exc
-    return Submission(rid, events, state.engine)
+    return Submission(rid, events, state.engine, stats, request)
 
 
 async def wait(request: Request, sub: Submission):
@@ -108,15 +126,27 @@ def as_api_error(error: BaseException, rid: str) -> APIError:
     return APIError(500, f"generation failed: {type(error).__name__} (request id {rid})")
 
 
-async def sse(sub: Submission, on_event: Callable, on_done: Callable) -> AsyncIterator[str]:
-    """Stream chunks built by `on_event(Delta)` and `on_done(output)`; cancel on disconnect."""
+async def sse(
+    sub: Submission, on_event: Callable, on_done: Callable, on_progress: Callable | None = None
+) -> AsyncIterator[str]:
+    """Stream chunks built by `on_event(Delta)`, `on_progress(info)` and `on_done(output)`;
+    cancel the request when the client goes away (noticed within a quarter of a second even
+    while nothing is being sent, e.g. during a refinement step)."""
     finished = False
     try:
         while True:
-            event = await sub.events.get()
+            try:
+                event = await asyncio.wait_for(sub.events.get(), timeout=0.25)
+            except TimeoutError:
+                if await sub.http.is_disconnected():
+                    return  # `finally` cancels the request
+                continue
             if isinstance(event, Delta):
                 for chunk in on_event(event):
                     yield f"data: {chunk}\n\n"
+            elif isinstance(event, Progress):
+                if on_progress is not None:
+                    yield f"data: {on_progress(event.info)}\n\n"
             elif isinstance(event, Done):
                 for chunk in on_done(event.output):
                     yield f"data: {chunk}\n\n"
@@ -132,18 +162,23 @@ async def sse(sub: Submission, on_event: Callable, on_done: Callable) -> AsyncIt
             sub.engine.cancel(sub.request_id)
 
 
-def closing_chunks(output, body, prompt_tokens: int, chunk, answer, finish):
+def closing_chunks(output, body, prompt_tokens: int, chunk, answer, finish, stats=None):
     """The chunks that end a stream, for both routes: a refined answer's text (it streams
     once refinement ends: `answer(i, generation)` gives its chunks), each choice's finish
     reason with the latent summary (`finish(i, generation)` gives the choice), then usage
     when `stream_options.include_usage` asks for it."""
-    results, latent, refinement = output.choices, output.summary(), output.refinement_tokens
-    for i, r in enumerate(results):
+    latent = output.summary()
+    for i, r in enumerate(output.choices):
         if latent is not None:
             yield from answer(i, r)
         yield chunk([finish(i, r)], latent=latent)
     if body.stream_options and body.stream_options.include_usage:
-        yield chunk([], usage=usage(results, prompt_tokens, refinement))
+        yield chunk([], usage=usage(output, prompt_tokens, stats))
+
+
+def progress_chunk(chunk):
+    """info -> a progress chunk: no choices (OpenAI clients skip it), `latent.progress`."""
+    return lambda info: chunk([], latent=LatentProgress(progress=info))
 
 
 def chunker(cls, rid: str, created: int, model: str):

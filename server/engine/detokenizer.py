@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from latent_ops.program import Generation
+
 if TYPE_CHECKING:
     from server.engine.sequence import Sequence
 
@@ -121,6 +123,20 @@ class Detokenizer:
         out = text[self.emitted : end]
         self.emitted = max(end, self.emitted)
         return out, tokens, lps
+
+    def generation(self, seq: Sequence) -> Generation:
+        """The `Generation` a finished sequence resolves its need with: the forced prefix
+        and the output as tokens, the text, and what the runner kept (latents, logprobs,
+        the SLR loops' summary)."""
+        return Generation(
+            token_ids=self.prefix_ids + list(seq.output_ids),
+            text=self.text,
+            finish_reason=seq.finish_reason or "stop",
+            prompt_tokens=len(seq.prompt_ids) - len(self.prefix_ids),
+            latents=seq.latents_tensor(),
+            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            thoughts=seq.thought_state.summary() if seq.thought_state is not None else None,
+        )
 
 
 def partial_stop_suffix(text: str, stops: list[str]) -> int:

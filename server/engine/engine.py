@@ -26,10 +26,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from latent_ops.program import Call, Generate, Generation, LatentUpdate, Program
+from latent_ops.program import Call, Generate, LatentUpdate, Program, Report
 from server.engine.calls import CallRunner
 from server.engine.detokenizer import Detokenizer
 from server.engine.interface import (
@@ -38,12 +38,13 @@ from server.engine.interface import (
     Done,
     EngineDead,
     Failed,
+    Progress,
     QueueFull,
     RequestStats,
     Runner,
 )
 from server.engine.latent_updates import run_latent_updates
-from server.engine.sequence import Sequence
+from server.engine.sequence import Sequence, sequence_for
 
 log = logging.getLogger("latentserve.engine")
 
@@ -69,6 +70,7 @@ class _SeqRecord:
     req: _Request
     slot: int
     detok: Detokenizer
+    loops: int = 0  # SLR loops already reported
 
 
 class Engine:
@@ -188,7 +190,8 @@ class Engine:
                 self._requests[item.request_id] = item
                 self._advance(item, None)
             elif kind == "called":
-                req, slot, outcome = item
+                req, slot, outcome, seconds = item
+                req.stats.call_s += seconds
                 if req.request_id in self._requests:
                     self._resolve(req, slot, outcome)
             elif kind == "cancel":
@@ -214,11 +217,15 @@ class Engine:
             return
         now = time.monotonic()
         done: list[_SeqRecord] = []
+        in_step: set[str] = set()
         for seq in stepped:
             rec = self._seqs.get(seq.seq_id)
             if rec is None:
                 continue
             req = rec.req
+            if req.request_id not in in_step:
+                in_step.add(req.request_id)
+                req.stats.forward_passes += 1
             if not req.started:
                 req.started = True
                 req.stats.scheduled = now
@@ -229,6 +236,10 @@ class Engine:
                 continue
             if req.stats.first_token is None and seq.output_ids:  # a thought is no token
                 req.stats.first_token = now
+            state = seq.thought_state
+            if state is not None and state.cfg.report_progress and state.loops > rec.loops:
+                rec.loops = state.loops  # an SLR loop ended: its progress event
+                req.sink(Progress({"loop": state.loops, "delta": state.deltas[-1]}))
             self._detokenize(rec)  # may end it (a stop string)
             if seq.finished:
                 done.append(rec)
@@ -242,7 +253,8 @@ class Engine:
                 self._fail(req, RuntimeError(seq.error))
                 continue
             del self._seqs[seq.seq_id]
-            self._resolve(req, rec.slot, self._result(seq, rec.detok))
+            req.stats.generated_tokens += len(seq.output_ids)
+            self._resolve(req, rec.slot, rec.detok.generation(seq))
 
     def _pump(self) -> None:
         """Run batched latent updates and advance programs until all wait on the runner."""
@@ -258,6 +270,7 @@ class Engine:
         """One batched latent update for the rows of every request waiting on one."""
         batch, self._updates = self._updates, []
         batch = [(req, slot, u) for req, slot, u in batch if req.request_id in self._requests]
+        start = time.monotonic()
         run_latent_updates(
             batch,
             self.runner.lm_head,
@@ -266,6 +279,11 @@ class Engine:
             impl=self.latent_impl,
             on_update=self.on_latent_update,
         )
+        seconds = time.monotonic() - start
+        for req in {id(r): r for r, _, _ in batch}.values():
+            req.stats.latent_update_s += seconds
+        for req, _, update in batch:
+            req.stats.latent_update_rows += update.z.shape[0]
 
     def _resolve(self, req: _Request, slot: int, result) -> None:
         req.results[slot] = result
@@ -291,6 +309,9 @@ class Engine:
             for slot, need in enumerate(needs):
                 if isinstance(need, LatentUpdate):
                     self._updates.append((req, slot, need))
+                elif isinstance(need, Report):
+                    req.sink(Progress(need.info))
+                    self._resolve(req, slot, None)
                 elif isinstance(need, Call):
                     self._start_call(req, slot, need)
                 else:
@@ -303,40 +324,27 @@ class Engine:
         """Run need.fn off the engine loop; its outcome comes back through the inbox. When
         the request ends first, `_finish` cancels it."""
 
+        start = time.monotonic()
+
         def deliver(outcome) -> None:
-            self._inbox.put(("called", (req, slot, outcome)))
+            self._inbox.put(("called", (req, slot, outcome, time.monotonic() - start)))
             self._wake.set()
 
         future = self._calls.start(need.fn, deliver)
         req.calls = [f for f in req.calls if not f.done()] + [future]
 
     def _start_generate(self, req: _Request, slot: int, need: Generate) -> None:
-        params, prefix = need.params, list(need.prefix_ids)
-        stops = self._eos if not params.ignore_eos else set()
-        stops = stops | set(params.stop_token_ids)
-        cut = next((i for i, t in enumerate(prefix) if t in stops), None)
+        seq, prefix = sequence_for(need, next(self._seq_ids), self._eos)
         req.stats.prompt_tokens += len(need.prompt_ids)
-        if cut is not None or len(prefix) >= params.max_tokens:
-            # nothing to decode: the forced prefix is the whole answer
-            reason = "stop" if cut is not None else "length"
-            prefix = prefix[: cut + 1] if cut is not None else prefix[: params.max_tokens]
-            detok = Detokenizer(self.tokenizer, params.stop, prefix)
-            seq = Sequence(-1, list(need.prompt_ids), params, finish_reason=reason)
+        detok = Detokenizer(self.tokenizer, need.params.stop, prefix)
+        if seq.finished:  # nothing to decode: the forced prefix is the whole answer
             detok.update(seq)
-            self._resolve(req, slot, self._result(seq, detok))
+            self._resolve(req, slot, detok.generation(seq))
             return
-        seq = Sequence(
-            next(self._seq_ids),
-            list(need.prompt_ids) + prefix,
-            replace(params, max_tokens=params.max_tokens - len(prefix)),
-        )
         refining = req.stats.method not in (None, "none")
         seq.priority = req.stats.arrival + (self.refinement_yield_s if refining else 0.0)
         if need.cache_prompt:
             seq.cache_key, seq.cache_len = req.request_id, len(need.prompt_ids)
-        seq.thoughts = need.thoughts
-        seq.draft_sources = need.draft_ids
-        detok = Detokenizer(self.tokenizer, params.stop, prefix)
         self._seqs[seq.seq_id] = _SeqRecord(seq, req, slot, detok)
         self.runner.add(seq)
 
@@ -349,18 +357,6 @@ class Engine:
         delta = rec.detok.delta(rec.seq)
         if delta is not None:
             rec.req.sink(Delta(need.stream_index, *delta))
-
-    def _result(self, seq: Sequence, detok: Detokenizer) -> Generation:
-        latents = seq.latents_tensor()
-        return Generation(
-            token_ids=detok.prefix_ids + list(seq.output_ids),
-            text=detok.text,
-            finish_reason=seq.finish_reason or "stop",
-            prompt_tokens=len(seq.prompt_ids) - len(detok.prefix_ids),
-            latents=latents,
-            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
-            thoughts=seq.thought_state.summary() if seq.thought_state is not None else None,
-        )
 
     def _fail_batch(self, exc: BaseException) -> None:
         """Fail the requests whose sequences were in the failed pass; waiting ones stay."""

@@ -17,6 +17,7 @@ The engine itself is server/engine/engine.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +48,13 @@ class Delta:
 
 
 @dataclass
+class Progress:
+    """A refinement's progress report (a program's `Report`, or an SLR loop)."""
+
+    info: dict
+
+
+@dataclass
 class Done:
     output: Any
 
@@ -73,6 +81,30 @@ class RequestStats:
     refinement: dict | None = None  # the `latent` summary of a refined request
     trace: Any = None  # its latent_ops.telemetry.Trace (norms, cosine_drift, distance)
     outcome: str = "pending"  # "stop" | "length" | "abort" | "cancelled" | "error"
+    # work done for this request (usage.refinement, metrics): runner steps its sequences
+    # took part in, tokens its sequences generated, latent rows it updated, and seconds in
+    # its latent updates (each batched call counted whole for every request in it) and in
+    # its Calls (reward webhooks)
+    forward_passes: int = 0
+    generated_tokens: int = 0
+    latent_update_rows: int = 0
+    latent_update_s: float = 0.0
+    call_s: float = 0.0
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall time per phase: queue (until the first sequence got a slot), latent_update,
+        reward (Calls), decode (the rest: decoding, prefill, programs), total."""
+        end = self.finished if self.finished is not None else time.monotonic()
+        total = end - self.arrival
+        queue = (self.scheduled - self.arrival) if self.scheduled is not None else total
+        rest = max(0.0, total - queue - self.latent_update_s - self.call_s)
+        return {
+            "queue": queue,
+            "decode": rest,
+            "latent_update": self.latent_update_s,
+            "reward": self.call_s,
+            "total": total,
+        }
 
     def record_output(self, output) -> None:
         """Token counts and outcome from a program's output (plain list or a `Refined`)."""

@@ -7,7 +7,7 @@ no text (server/engine/detokenizer.py). `server.engine.runner.Sequence` is this 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -64,3 +64,26 @@ class Sequence:
         if not self.params.capture_latents:
             return None
         return torch.stack(self.latents) if self.latents else torch.empty(0)
+
+
+def sequence_for(need, seq_id: int, eos: set[int]) -> tuple[Sequence, list[int]]:
+    """The runner sequence for a `Generate` need, and the forced prefix leading its output.
+
+    The prefix is prefilled after the prompt and counts toward max_tokens. A prefix that
+    holds a stop token (cut after it) or fills max_tokens leaves nothing to decode: the
+    sequence comes back already finished (seq_id -1, never given to a runner)."""
+    params, prefix = need.params, list(need.prefix_ids)
+    stops = (eos if not params.ignore_eos else set()) | set(params.stop_token_ids)
+    cut = next((i for i, t in enumerate(prefix) if t in stops), None)
+    if cut is not None or len(prefix) >= params.max_tokens:
+        reason = "stop" if cut is not None else "length"
+        prefix = prefix[: cut + 1] if cut is not None else prefix[: params.max_tokens]
+        return Sequence(-1, list(need.prompt_ids), params, finish_reason=reason), prefix
+    seq = Sequence(
+        seq_id,
+        list(need.prompt_ids) + prefix,
+        replace(params, max_tokens=params.max_tokens - len(prefix)),
+    )
+    seq.thoughts = need.thoughts
+    seq.draft_sources = need.draft_ids
+    return seq, prefix

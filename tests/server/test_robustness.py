@@ -284,7 +284,8 @@ def test_streamed_refinement_reports_the_budget(live):
         lines = [x for x in resp.iter_lines() if x.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(x[6:]) for x in lines[:-1]]
-    latent = next(c["latent"] for c in chunks if c.get("latent"))
+    # progress chunks (latent.progress) come first; the summary is the last latent chunk
+    latent = [c["latent"] for c in chunks if c.get("latent")][-1]
     assert latent["stopped_reason"] in ("time_budget", "threshold")
     assert not math.isnan(latent["refinement_time_ms"])
 
