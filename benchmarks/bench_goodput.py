@@ -57,13 +57,14 @@ def main(argv=None) -> dict:
         )
         return LiveServer(build_app(config, loaded=loaded))
 
-    def load(url, rate, concurrency):
-        results, wall = asyncio.run(run_load(url, bodies, concurrency, rate, seed=1))
+    def load(url, rate, concurrency, subset=None):
+        sent = bodies if subset is None else bodies[:subset]
+        results, wall = asyncio.run(run_load(url, sent, concurrency, rate, seed=1))
         return results, wall
 
     figures: dict = {"requests": args.requests, "steps": args.steps}
     with serve("fixed") as live:
-        load(live.url, float("inf"), args.max_batch_size)  # warm-up
+        load(live.url, float("inf"), args.max_batch_size, subset=2)  # warm-up
         closed, wall = load(live.url, float("inf"), args.max_batch_size)
         rate = sum(r.ok for r in closed) / wall
         deadline = args.deadline_factor * statistics.median(r.latency for r in closed if r.ok)
@@ -71,7 +72,7 @@ def main(argv=None) -> dict:
         print(f"sustained {rate:.3f} req/s; deadline {deadline:.1f} s", flush=True)
         fixed, fixed_wall = load(live.url, args.overload * rate, 4 * args.requests)
     with serve("adaptive") as live:
-        load(live.url, float("inf"), args.max_batch_size)  # warm-up
+        load(live.url, float("inf"), args.max_batch_size, subset=2)  # warm-up
         adaptive, adaptive_wall = load(live.url, args.overload * rate, 4 * args.requests)
         figures["adaptive_cuts"] = metric(live.url, "latentserve:refinement_budget_cuts_total")
 
