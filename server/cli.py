@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.tools import bench_serve
 
         summary = bench_serve.run(ns)
-        return 0 if summary["successful_requests"] else 1
+        loads = [summary["plain_only"], summary["mixed"]] if "mixed" in summary else [summary]
+        return 0 if all(s["successful_requests"] for s in loads) else 1
     return 2
 
 
