@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from server.app import build_app
+from server.cli import main
 from server.config import ServerConfig
-from server.tools.bench_serve import main
 from tests.support.live import LiveServer
 
 
@@ -18,7 +18,7 @@ def test_compare_plain_runs_both_loads(tiny_model_dir, tmp_path, capsys):
     with LiveServer(build_app(config)) as live:
         args = ["--url", live.url, "--num-requests", "8", "--concurrency", "4"]
         args += ["--max-tokens", "4", "--latent-fraction", "0.25", "--refine-steps", "1"]
-        main([*args, "--compare-plain", "--json", str(out)])
+        assert main(["bench", "serve", *args, "--compare-plain", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     plain, mixed = report["plain_only"], report["mixed"]
     assert plain["successful_requests"] == mixed["successful_requests"] == 8

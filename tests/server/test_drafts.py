@@ -9,6 +9,7 @@ from latent_ops.program import SamplingParams
 from server.engine import drafts as drafts_module
 from server.engine.drafts import Drafter, Sources, accepted
 from server.engine.runner import ModelRunner, Sequence
+from tests.support.stepping import run_with_joins
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog",
@@ -31,15 +32,8 @@ def _sequences(tok, sources=None, sampled_row=None):
     return seqs
 
 
-def _run(runner, seqs, join_at=(0, 0, 2, 3)):
-    step = 0
-    pending = sorted(zip(join_at, range(len(seqs))))
-    while pending or runner.has_work:
-        while pending and pending[0][0] <= step:
-            runner.add(seqs[pending.pop(0)[1]])
-        runner.step()
-        step += 1
-    return seqs
+def _run(runner, seqs):
+    return run_with_joins(runner, seqs, join_at=(0, 0, 2, 3))
 
 
 def _plain(model, tok, **kw):

@@ -5,6 +5,7 @@ import torch
 from latent_ops.program import SamplingParams
 from latent_ops.slr import SLRConfig, Thoughts
 from server.engine.runner import ModelRunner, Sequence
+from tests.support.stepping import run_with_joins
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog",
@@ -28,15 +29,7 @@ def _generate(model, ids, max_new):
     return out[0, len(ids) :].tolist()
 
 
-def _run(runner, seqs, join_at):
-    """Add seqs[i] at engine step join_at[i]; step until all finish."""
-    step = 0
-    pending = sorted(zip(join_at, range(len(seqs))))
-    while pending or runner.has_work:
-        while pending and pending[0][0] <= step:
-            runner.add(seqs[pending.pop(0)[1]])
-        runner.step()
-        step += 1
+_run = run_with_joins
 
 
 def test_greedy_alone_equals_generate(model, tok):
