@@ -169,7 +169,7 @@ async def completions(body: CompletionRequest, request: Request):
         )
 
     if not body.stream:
-        output = await wait(request, sub)
+        output = await wait(sub)
         return CompletionResponse(
             id=rid,
             created=created,
@@ -244,7 +244,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     rid, created = new_id("chatcmpl"), now()
 
     if not body.stream:
-        output = await wait(request, sub)
+        output = await wait(sub)
         choices = [
             ChatChoice(
                 index=i,

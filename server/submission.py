@@ -100,17 +100,25 @@ def submit(request: Request, state, program, method: str) -> Submission:
     return Submission(rid, events, state.engine, stats, request)
 
 
-async def wait(request: Request, sub: Submission):
+async def next_event(sub: Submission):
+    """The request's next engine event, or None once its client has gone away (checked
+    every quarter of a second while no event comes)."""
+    while True:
+        try:
+            return await asyncio.wait_for(sub.events.get(), timeout=0.25)
+        except TimeoutError:
+            if await sub.http.is_disconnected():
+                return None
+
+
+async def wait(sub: Submission):
     """Await the program's output; cancel the request if the client goes away."""
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(sub.events.get(), timeout=0.25)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    sub.engine.cancel(sub.request_id)
-                    raise APIError(499, "client disconnected") from None
-                continue
+            event = await next_event(sub)
+            if event is None:
+                sub.engine.cancel(sub.request_id)
+                raise APIError(499, "client disconnected")
             if isinstance(event, Done):
                 return event.output
             if isinstance(event, Failed):
@@ -135,12 +143,9 @@ async def sse(
     finished = False
     try:
         while True:
-            try:
-                event = await asyncio.wait_for(sub.events.get(), timeout=0.25)
-            except TimeoutError:
-                if await sub.http.is_disconnected():
-                    return  # `finally` cancels the request
-                continue
+            event = await next_event(sub)
+            if event is None:
+                return  # `finally` cancels the request
             if isinstance(event, Delta):
                 for chunk in on_event(event):
                     yield f"data: {chunk}\n\n"

@@ -118,11 +118,11 @@ class Drafter:
         return drafts
 
 
-def accepted(greedy: torch.Tensor, drafts: list[list[int]]) -> list[int]:
-    """greedy: [B, 1 + K] argmax at each fed position (position 0 is the sequence's next
-    token, position j its j-th draft). Per row, how many leading drafts equal the model's
+def accepted(choices: list[list[int]], drafts: list[list[int]]) -> list[int]:
+    """choices: per row, the argmax at each fed position ([B][1 + K]; position 0 is the
+    sequence's next token, position j its j-th draft). Per row, how many leading drafts
+    equal the model's
     choice at the position before them."""
-    choices = greedy.tolist()
     counts = []
     for row, draft in enumerate(drafts):
         a = 0
@@ -148,9 +148,9 @@ def decode_drafted(runner, drafts: list[list[int]]) -> None:
     hidden = runner._forward(ids, runner.mask, positions, runner.cache)  # [B, width, d]
     logits = runner.lm_head(hidden).float()  # [B, width, V]
     greedy = logits.argmax(dim=-1)
-    counts = accepted(greedy, drafts)
+    choices = greedy.tolist()  # one host copy per step
+    counts = accepted(choices, drafts)
     tokens = runner._sample_and_append(hidden[:, 0], runner.batch, logits[:, 0])
-    choices = greedy.tolist()
     kept = []
     for row, seq in enumerate(runner.batch):
         extra = 0
