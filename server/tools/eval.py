@@ -83,6 +83,9 @@ class EvalConfig(BaseModel):
     consistency_samples: int = Field(
         5, ge=1, description="--compare: samples of the consistency reward"
     )
+    records: str | None = Field(
+        None, description="--compare: per-problem candidates, rewards and costs (JSON lines)"
+    )
 
     @model_validator(mode="after")
     def _sampled_methods_run_in_compare(self):

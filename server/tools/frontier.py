@@ -21,6 +21,7 @@ Not here: the single-method report (`server/tools/eval.py`), problem sets (`prob
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -160,9 +161,35 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
     return out
 
 
+def records(spec: Spec, problems: list[Problem], outputs: list) -> list[dict]:
+    """One row per problem: its answer key and, per candidate (in the order the method
+    produced them), the final answer extracted, whether it is right, its reward and what
+    it cost in generated tokens. Enough to replay other picking rules offline."""
+    rows = []
+    for i, (p, o) in enumerate(zip(problems, outputs)):
+        refined = getattr(o, "candidates", None)  # a plain answer has no candidates
+        texts = refined or [o.choices[0].text]
+        answers = [extract_answer(t) for t in texts]
+        rows.append(
+            {
+                "spec": spec.label,
+                "problem": i,
+                "key": p.answer,
+                "answers": answers,
+                "right": [answers_equal(a, p.answer) for a in answers],
+                "rewards": list(o.reward_history) if refined else [],
+                "tokens": list(o.candidate_tokens) if refined else [len(o.choices[0].token_ids)],
+                "sampling": getattr(o, "sampling", None),
+                "returned_right": answers_equal(extract_answer(o.choices[0].text), p.answer),
+            }
+        )
+    return rows
+
+
 def run(cfg: EvalConfig, specs: list[Spec], problems: list[Problem], progress) -> dict:
     runner = InProcess(cfg, len(problems))
     methods = []
+    rows_out = open(cfg.records, "w") if cfg.records else None
     try:
         for spec in specs:
             start = time.monotonic()
@@ -190,8 +217,13 @@ def run(cfg: EvalConfig, specs: list[Spec], problems: list[Problem], progress) -
                 }
             )
             print(table_row(methods[-1]), file=sys.stderr)
+            if rows_out:
+                rows_out.writelines(json.dumps(r) + "\n" for r in records(spec, problems, outputs))
+                rows_out.flush()
     finally:
         runner.close()
+        if rows_out:
+            rows_out.close()
     return {"config": cfg.model_dump(exclude={"api_key"}), "methods": methods}
 
 

@@ -29,6 +29,7 @@ def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsy
         consistency_samples=2,
         max_steps=2,
         out=str(out),
+        records=str(tmp_path / "rows.jsonl"),
     )
     assert main(cfg) == 0
     report = json.loads(out.read_text())
@@ -57,6 +58,17 @@ def test_compare_reports_accuracy_against_tokens(tiny_model_dir, tmp_path, capsy
     hybrid = methods["latentseek_best_of_n/reference@2"]["points"]
     assert [p["budget"] for p in hybrid] == [0, 1, 2]
     assert hybrid[0] == methods["latentseek/reference@2"]["points"][-1] | {"budget": 0}
+    # the per-problem records: one row per problem and spec, agreeing with the report
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * len(methods)
+    for spec, m in methods.items():
+        mine = [r for r in rows if r["spec"] == spec]
+        assert [r["problem"] for r in mine] == [0, 1, 2, 3]
+        assert sum(r["returned_right"] for r in mine) / 4 == m["returned_accuracy"]
+        for r in mine:
+            assert len(r["answers"]) == len(r["right"]) == len(r["tokens"])
+            if spec.startswith("best_of_n"):
+                assert len(r["rewards"]) == len(r["answers"]) == int(spec[-1])
     assert out.with_suffix(".png").stat().st_size > 0
     assert "| greedy |" in capsys.readouterr().out
 
