@@ -279,7 +279,8 @@ def _money_problem(rng: random.Random, steps: int) -> Problem:
         for i in range(steps - 1):
             final = i == steps - 2
             before = value
-            ops = ["fee", "coupon"] + (["split"] if final and _divisors(value) else [])
+            ops = ["fee"] + (["coupon"] if value > 1 else [])  # a coupon leaves >= $1
+            ops += ["split"] if final and _divisors(value) else []
             op = rng.choice(ops)
             if op == "fee":
                 k = rng.randint(3, 30)

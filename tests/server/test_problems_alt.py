@@ -98,3 +98,11 @@ def test_money_problems():
     for phrase in ["What is the total cost?", "How much money is left?", "each person pay?"]:
         assert phrase in asks
     assert any(" each." in p.question for p in money)  # a price per item
+
+
+def test_every_training_seed_generates():
+    """train-slr --varied draws one problem per seed from 1000 on; seed 2049 once reached a
+    coupon on a $1 bill (an empty random range) and stopped training."""
+    for seed in range(1000, 3000):
+        (p,) = varied_problems(1, seed=seed)
+        assert int(p.answer) >= 0
