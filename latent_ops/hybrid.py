@@ -64,8 +64,7 @@ def latentseek_best_of_n(
     """The hybrid program. `params` are the request's (LatentSeek decodes them greedily;
     the samples use their temperature, top_p and seed)."""
     start = clock()
-    out = yield from latentseek(prompt_ids, prompt_text, params, cfg, reward, clock)
-    out.method = METHOD  # (LatentSeek's own reports, if any, say "latentseek")
+    out = yield from latentseek(prompt_ids, prompt_text, params, cfg, reward, clock, METHOD)
     n_seek = len(out.candidates)
     out.sampling = {"samples": 0, "latentseek_candidates": n_seek}
     if out.stopped_reason not in SAMPLE_AFTER or k == 0:

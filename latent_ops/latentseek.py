@@ -129,13 +129,15 @@ def latentseek(
     cfg: LatentSeekConfig,
     reward: Reward,
     clock=time.monotonic,
+    method: str = "latentseek",
 ):
-    """The LatentSeek program. `params` must be greedy; `reward.score` is a sub-program."""
+    """The LatentSeek program. `params` must be greedy; `reward.score` is a sub-program;
+    `method` names it in its output and progress reports (a program that runs it first)."""
     start = clock()
     deadline = None if cfg.time_budget_ms is None else start + cfg.time_budget_ms / 1000
     params = replace(params, temperature=0.0, deadline=deadline)
     [first] = yield [Generate(prompt_ids, replace(params, capture_latents=True), cache_prompt=True)]
-    out = Refined(first, "latentseek", 0, "max_steps", None, None)
+    out = Refined(first, method, 0, "max_steps", None, None)
     out.trace, out.return_trace = Trace(), cfg.return_trace
 
     def done(reason: str, chosen: Generation) -> Refined:

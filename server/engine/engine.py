@@ -239,7 +239,9 @@ class Engine:
             state = seq.thought_state
             if state is not None and state.cfg.report_progress and state.loops > rec.loops:
                 rec.loops = state.loops  # an SLR loop ended: its progress event
-                req.sink(Progress({"loop": state.loops, "delta": state.deltas[-1]}))
+                method = "contrastive" if state.cfg.contrastive else "slr"
+                info = {"method": method, "loop": state.loops, "delta": state.deltas[-1]}
+                req.sink(Progress(info))
             self._detokenize(rec)  # may end it (a stop string)
             if seq.finished:
                 done.append(rec)

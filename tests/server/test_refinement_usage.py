@@ -111,6 +111,16 @@ def test_streaming_refinement_reports_each_step_before_the_answer(client, latent
         tokens = [e["tokens"] for e in events]
         assert tokens == sorted(tokens) and all("reward" in e for e in events)
     assert text and final["stopped_reason"]
+    assert {e["method"] for e in events} == {latent["method"]}
+
+
+def test_the_hybrid_reports_its_steps_and_samples_under_its_own_name(client):
+    hybrid = LS | {"method": "latentseek_best_of_n", "samples": 2}
+    events, text, final = _progress(_chat(client, hybrid, temperature=0.7, stream=True))
+    assert {e["method"] for e in events} == {"latentseek_best_of_n"}
+    assert [e["step"] for e in events if "step" in e] == [0, 1, 2]
+    assert [e["sample"] for e in events if "sample" in e] == [1, 2]
+    assert text and final["method"] == "latentseek_best_of_n"
 
 
 def test_a_client_that_stops_after_a_progress_event_cancels_the_rest(client, live, grader):
