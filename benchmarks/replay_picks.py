@@ -1,6 +1,6 @@
 """Replay picking rules offline on the records of one `latentserve eval --compare` run.
 
-    python -m benchmarks.replay_picks RECORDS.jsonl [--seek latentseek/arithmetic@8]
+    python -m benchmarks.replay_picks RECORDS.jsonl[.gz] [--seek latentseek/arithmetic@8]
         [--samples best_of_n/arithmetic@12] [--threshold -0.2]
 
 The records (`eval --compare ... --records FILE`) hold, per problem, every candidate a
@@ -8,7 +8,9 @@ method produced: its text, final answer, whether it is right, its reward and its
 cost. A LatentSeek run and a best-of-N run of the same problems (same seeds) give, per
 problem, the greedy answer, LatentSeek's candidates and K samples; this script replays on
 them the ways of combining the two that a program could run, at every sample budget j,
-and prints accuracy and mean generated tokens per problem for each:
+and prints accuracy and mean generated tokens per problem for each. `--seek none` with
+`--samples` naming a `latentseek_best_of_n` run at `--max-steps 0 --threshold 0` (the
+greedy answer, then K samples always) replays the rules that need no LatentSeek step:
 
   bon           best-of-j samples (`choose_best`)
   greedy+bon    the greedy answer and j samples (`pool_pick`, the greedy answer voting once)
@@ -25,6 +27,7 @@ in docs come from `eval --compare` runs on held-out problems.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from collections import defaultdict
 
@@ -33,11 +36,21 @@ from latent_ops.hybrid import pool_pick
 
 def load(path: str) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
-    with open(path) as f:
+    with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as f:
         for line in f:
             row = json.loads(line)
             runs[row["spec"]][row["problem"]] = row
     return runs
+
+
+def _head(row: dict) -> dict:
+    """The greedy answer of a greedy-then-samples row, as a LatentSeek row of no step."""
+    out = {k: row[k][:1] for k in ("texts", "answers", "right", "rewards", "tokens")}
+    return out | {"returned_right": row["right"][0]}
+
+
+def _tail(row: dict) -> dict:
+    return {k: row[k][1:] for k in ("texts", "answers", "right", "rewards", "tokens")}
 
 
 def rules(seek: dict, samples: dict, j: int, threshold: float) -> dict[str, tuple[bool, int]]:
@@ -72,23 +85,43 @@ def main(argv=None) -> None:
     parser.add_argument("--seek", default="latentseek/arithmetic@8")
     parser.add_argument("--samples", default="best_of_n/arithmetic@12")
     parser.add_argument("--threshold", type=float, default=-0.2)
+    parser.add_argument(
+        "--json", help="write the curves here as eval's report `methods` (for its plot)"
+    )
     args = parser.parse_args(argv)
     runs = load(args.records)
-    seek, samples = runs[args.seek], runs[args.samples]
+    samples = runs[args.samples]
+    if args.seek == "none":  # a greedy-then-samples run: its first candidate is greedy
+        seek = {p: _head(r) for p, r in samples.items()}
+        samples = {p: _tail(r) for p, r in samples.items()}
+    else:
+        seek = runs[args.seek]
     problems = sorted(set(seek) & set(samples))
     k = min(len(samples[p]["texts"]) for p in problems)
     greedy = sum(seek[p]["right"][0] for p in problems) / len(problems)
     print(f"{len(problems)} problems; greedy {greedy:.3f}; K = {k} samples")
     print("| rule | samples | accuracy | tokens / problem |\n|---|---|---|---|")
+    curves: dict[str, list[dict]] = defaultdict(list)
     for j in range(k + 1):
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for p in problems:
             for name, (right, tokens) in rules(seek[p], samples[p], j, args.threshold).items():
                 totals[name][0] += right
                 totals[name][1] += tokens
-        for name, (right, tokens) in totals.items():
+        for name, (right, tokens) in sorted(totals.items()):
+            if args.seek == "none" and name.startswith("hybrid"):
+                continue  # no LatentSeek step: the hybrids are greedy+bon
             n = len(problems)
             print(f"| {name} | {j} | {right / n:.3f} | {tokens / n:.0f} |")
+            curves[name].append({"budget": j, "accuracy": right / n, "tokens": tokens / n})
+    if args.json:
+        methods = [
+            {"spec": f"replay: {name}", "points": pts, "accuracy": pts[-1]["accuracy"]}
+            | {"tokens": pts[-1]["tokens"]}
+            for name, pts in curves.items()
+        ]
+        with open(args.json, "w") as f:
+            json.dump({"config": vars(args), "methods": methods}, f, indent=1)
 
 
 if __name__ == "__main__":

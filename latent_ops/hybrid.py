@@ -11,6 +11,14 @@ to the answer most common in the pool, counting each distinct LatentSeek answer 
 then the earliest, so a LatentSeek answer wins a tie with a sample holding the same final
 answer).
 
+Two settings make it a different design, and eval measures them as such:
+  * `max_steps: 0`: the greedy answer alone, then samples only if it fails the threshold
+    (a cascade in token space: the greedy answer is the first candidate and the cheapest);
+  * `max_steps: 0, threshold: 0` (with a reward whose maximum is 0, such as `arithmetic`
+    or `reference`, no answer passes): the greedy answer and k samples, always. On this
+    project's model greedy is right about twice as often as a sample, so adding it to the
+    pool is the cheapest candidate best-of-N can get.
+
 Why this design (docs/EVALUATION.md has the measurements): on the synthetic problems
 with the arithmetic reward, LatentSeek's steps are cheap candidates (a step decodes only
 what its changed prefix does not share, about 15 tokens against 70 for a sample) and it
