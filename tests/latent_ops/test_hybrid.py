@@ -86,3 +86,34 @@ def test_latentseek_repeats_vote_once():
     assert pool_pick(rewards, texts, 3) == 3  # 5 has two independent votes, 6 only one
     assert pool_pick(rewards, texts, 1) == 0  # three samples saying 6: 6 wins, earliest
     assert pool_pick([-1.0, -1.0, -1.0, -1.0, 0.0, -1.0], texts, 3) == 4  # reward first
+
+
+def _greedy_then(k: int, threshold: float, first: str):
+    """max_steps 0: the greedy answer, then (unless it passes `threshold`) k samples."""
+    cfg = LatentSeekConfig(max_steps=0, fraction=0.5, threshold=threshold)
+    program = latentseek_best_of_n([1, 2], "3 + 4?", PARAMS, cfg, k, ReferenceReward("7"))
+    [greedy] = next(program)
+    assert greedy.params.temperature == 0.0
+    return program, program.send([_answer(first, latents=True)])
+
+
+def test_max_steps_0_is_a_cascade_from_the_greedy_answer():
+    cfg = LatentSeekConfig(max_steps=0, fraction=0.5, threshold=-0.5)
+    program = latentseek_best_of_n([1, 2], "3 + 4?", PARAMS, cfg, 3, ReferenceReward("7"))
+    next(program)
+    out = _finish(program, [_answer("so 7", latents=True)])  # verified: no sample
+    assert out.summary()["samples"] == 0 and out.stopped_reason == "threshold"
+    program, needs = _greedy_then(3, -0.5, "so 8")  # rejected: k samples, no latent step
+    assert [type(n) for n in needs] == [Generate] * 3
+    out = _finish(program, [_answer(t, n=4) for t in ("9", "so 7", "6")])
+    assert out.choices[0].text == "so 7" and out.summary()["steps"] == 0
+
+
+def test_threshold_0_always_samples_and_the_greedy_answer_stays_in_the_pool():
+    # the reference reward's best is 0, so nothing exceeds threshold 0: even a right greedy
+    # answer is pooled with k samples, and wins a tie with them by voting first
+    program, needs = _greedy_then(2, 0.0, "so 7")
+    assert len(needs) == 2
+    out = _finish(program, [_answer(t, n=4) for t in ("9", "7")])
+    assert out.reward_history == [0.0, -1.0, 0.0] and out.choices[0].text == "so 7"
+    assert out.sampling == {"samples": 2, "latentseek_candidates": 1}
