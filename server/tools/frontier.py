@@ -41,6 +41,8 @@ from server.tools.eval import (
 )
 from server.tools.problems import Problem, load_problems
 
+UNBUDGETED = ("none", "slr", "contrastive")  # one point each: no budget to replay
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -50,8 +52,11 @@ class Spec:
 
     @property
     def label(self) -> str:
+        if self.method == "none":
+            return "greedy"
         reward = f"/{self.reward}" if self.reward else ""
-        return f"{self.method}{reward}@{self.budget}" if self.method != "none" else "greedy"
+        budget = "" if self.method in UNBUDGETED else f"@{self.budget}"
+        return f"{self.method}{reward}{budget}"
 
 
 def parse_specs(text: str, cfg: EvalConfig) -> list[Spec]:
@@ -69,7 +74,7 @@ def parse_specs(text: str, cfg: EvalConfig) -> list[Spec]:
             raise ValueError(f"{item!r}: {method} {'needs' if needs_reward else 'takes no'} reward")
         default = cfg.max_steps if method == "latentseek" else 5
         if not budget:
-            n = 0 if method in ("none", "slr", "contrastive") else default
+            n = 0 if method in UNBUDGETED else default
         elif budget.isdigit():
             n = int(budget)
         else:
@@ -116,8 +121,8 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
     def right(text: str, p: Problem) -> bool:
         return answers_equal(extract_answer(text), p.answer)
 
-    if spec.method in ("none", "slr", "contrastive"):
-        budgets = range(1)  # one point: no budget to replay
+    if spec.method in UNBUDGETED:
+        budgets = range(1)
     elif spec.method == "latentseek":
         budgets = range(spec.budget + 1)  # steps; 0 is the greedy answer it starts from
     elif spec.method == "latentseek_best_of_n":
@@ -128,7 +133,7 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
     for k in budgets:
         correct = tokens = 0.0
         for p, o in zip(problems, outputs):
-            if spec.method in ("none", "slr", "contrastive"):
+            if spec.method in UNBUDGETED:
                 correct += right(o.choices[0].text, p)
                 tokens += len(o.choices[0].token_ids) + o.refinement_tokens
                 continue
@@ -162,8 +167,8 @@ def points(spec: Spec, cfg: EvalConfig, problems: list[Problem], outputs: list) 
 
 
 def records(spec: Spec, problems: list[Problem], outputs: list) -> list[dict]:
-    """One row per problem: its answer key and, per candidate (in the order the method
-    produced them), the final answer extracted, whether it is right, its reward and what
+    """One row per problem: its question and answer key and, per candidate (in the order
+    the method produced them), its text, the final answer extracted, whether it is right, its reward and what
     it cost in generated tokens. Enough to replay other picking rules offline."""
     rows = []
     for i, (p, o) in enumerate(zip(problems, outputs)):
@@ -175,6 +180,8 @@ def records(spec: Spec, problems: list[Problem], outputs: list) -> list[dict]:
                 "spec": spec.label,
                 "problem": i,
                 "key": p.answer,
+                "question": p.question,
+                "texts": texts,
                 "answers": answers,
                 "right": [answers_equal(a, p.answer) for a in answers],
                 "rewards": list(o.reward_history) if refined else [],

@@ -81,6 +81,12 @@ def test_bad_specs_are_refused(bad):
         parse_specs(bad, EvalConfig(data="synthetic:1"))
 
 
+def test_labels_carry_a_budget_only_where_one_is_replayed():
+    cfg = EvalConfig(data="synthetic:1", max_steps=7)
+    labels = [s.label for s in parse_specs("none,slr,contrastive,best_of_n/arithmetic@4", cfg)]
+    assert labels == ["greedy", "slr", "contrastive", "best_of_n/arithmetic@4"]
+
+
 def test_spec_defaults():
     cfg = EvalConfig(data="synthetic:1", max_steps=7)
     assert parse_specs("latentseek/self,self_consistency,none", cfg) == [
