@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP server")
     add_config_flags(serve, ServerConfig)
-    from server.tools.eval import EvalConfig
+    from server.tools.eval_config import EvalConfig
 
     evaluate = sub.add_parser("eval", help="accuracy of greedy or LatentSeek on math word problems")
     add_config_flags(evaluate, EvalConfig)
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(_config(parser, ServerConfig, ns, "latentserve"))
     if ns.command == "eval":
-        from server.tools.eval import EvalConfig
         from server.tools.eval import main as eval_main
+        from server.tools.eval_config import EvalConfig
 
         return eval_main(_config(parser, EvalConfig, ns, "latentserve eval"))
     if ns.command == "train-slr":

@@ -32,13 +32,13 @@ from latent_ops.hybrid import pool_pick
 from latent_ops.rewards import answers_equal, extract_answer
 from latent_ops.sampling import choose_best, majority
 from server.tools.eval import (
-    EvalConfig,
     InProcess,
     chosen_at_budget,
     question_text,
     reward_field,
     write_report,
 )
+from server.tools.eval_config import EvalConfig
 from server.tools.problems import Problem, load_problems
 
 UNBUDGETED = ("none", "slr", "contrastive")  # one point each: no budget to replay

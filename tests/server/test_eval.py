@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
-from server.tools.eval import EvalConfig, chosen_at_budget
+from server.tools.eval import chosen_at_budget
+from server.tools.eval_config import EvalConfig
 from server.tools.problems import load_problems, synthetic_problems
 
 GSM8K_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train_sample.jsonl"
@@ -97,7 +98,7 @@ def test_eval_bad_data_is_exit_2(tmp_path, capsys):
 
 
 def test_score_by_budget_from_texts_and_from_rewards_agree():
-    from server.tools.eval import EvalConfig, score
+    from server.tools.eval import score
     from server.tools.problems import Problem
 
     problems = [Problem("q1", "4"), Problem("q2", "9"), Problem("q3", "1")]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.tools.eval import EvalConfig
+from server.tools.eval_config import EvalConfig
 from server.tools.frontier import Spec, main, parse_specs
 
 SPECS = (
