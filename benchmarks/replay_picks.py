@@ -43,23 +43,24 @@ def load(path: str) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def _head(row: dict) -> dict:
-    """The greedy answer of a greedy-then-samples row, as a LatentSeek row of no step."""
-    out = {k: row[k][:1] for k in ("texts", "answers", "right", "rewards", "tokens")}
-    return out | {"returned_right": row["right"][0]}
+PER_CANDIDATE = ("texts", "answers", "right", "rewards", "tokens")  # a record's lists
 
 
-def _tail(row: dict) -> dict:
-    return {k: row[k][1:] for k in ("texts", "answers", "right", "rewards", "tokens")}
+def _split(row: dict) -> tuple[dict, dict]:
+    """A greedy-then-samples row -> its greedy answer as a LatentSeek row of no step, and
+    its samples."""
+    head = {k: row[k][:1] for k in PER_CANDIDATE} | {"returned_right": row["right"][0]}
+    return head, {k: row[k][1:] for k in PER_CANDIDATE}
 
 
-def rules(seek: dict, samples: dict, j: int, threshold: float) -> dict[str, tuple[bool, int]]:
-    """rule -> (right, tokens) for one problem at sample budget j."""
+def rules(
+    seek: dict, samples: dict, j: int, threshold: float, latent: bool
+) -> dict[str, tuple[bool, int]]:
+    """rule -> (right, tokens) for one problem at sample budget j; the hybrids only when
+    `seek` holds a LatentSeek run (`latent`)."""
     g_text, g_reward, g_cost = seek["texts"][0], seek["rewards"][0], seek["tokens"][0]
     s_texts, s_rewards = samples["texts"][:j], samples["rewards"][:j]
     s_right, s_cost = samples["right"][:j], sum(samples["tokens"][:j])
-    ls_cost = sum(seek["tokens"])
-    passed = any(r is not None and r > threshold for r in seek["rewards"])
 
     def pooled(texts, rewards, right, n_seek):
         i = pool_pick(rewards + s_rewards, texts + s_texts, n_seek)
@@ -73,9 +74,12 @@ def rules(seek: dict, samples: dict, j: int, threshold: float) -> dict[str, tupl
         out["cascade"] = (seek["right"][0], g_cost)
     else:
         out["cascade"] = out["greedy+bon"]
-    every = pooled(seek["texts"], seek["rewards"], seek["right"], len(seek["texts"]))
-    out["hybrid-all"] = (every, ls_cost + s_cost)
-    out["hybrid"] = (seek["returned_right"], ls_cost) if passed else out["hybrid-all"]
+    if latent:
+        ls_cost = sum(seek["tokens"])
+        passed = any(r is not None and r > threshold for r in seek["rewards"])
+        every = pooled(seek["texts"], seek["rewards"], seek["right"], len(seek["texts"]))
+        out["hybrid-all"] = (every, ls_cost + s_cost)
+        out["hybrid"] = (seek["returned_right"], ls_cost) if passed else out["hybrid-all"]
     return out
 
 
@@ -91,27 +95,27 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     runs = load(args.records)
     samples = runs[args.samples]
-    if args.seek == "none":  # a greedy-then-samples run: its first candidate is greedy
-        seek = {p: _head(r) for p, r in samples.items()}
-        samples = {p: _tail(r) for p, r in samples.items()}
-    else:
+    latent = args.seek != "none"
+    if latent:
         seek = runs[args.seek]
+    else:  # a greedy-then-samples run: its first candidate is greedy
+        split = {p: _split(r) for p, r in samples.items()}
+        seek, samples = {p: h for p, (h, _) in split.items()}, {p: t for p, (_, t) in split.items()}
     problems = sorted(set(seek) & set(samples))
+    n = len(problems)
     k = min(len(samples[p]["texts"]) for p in problems)
-    greedy = sum(seek[p]["right"][0] for p in problems) / len(problems)
-    print(f"{len(problems)} problems; greedy {greedy:.3f}; K = {k} samples")
+    greedy = sum(seek[p]["right"][0] for p in problems) / n
+    print(f"{n} problems; greedy {greedy:.3f}; K = {k} samples")
     print("| rule | samples | accuracy | tokens / problem |\n|---|---|---|---|")
     curves: dict[str, list[dict]] = defaultdict(list)
     for j in range(k + 1):
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for p in problems:
-            for name, (right, tokens) in rules(seek[p], samples[p], j, args.threshold).items():
+            picks = rules(seek[p], samples[p], j, args.threshold, latent)
+            for name, (right, tokens) in picks.items():
                 totals[name][0] += right
                 totals[name][1] += tokens
         for name, (right, tokens) in sorted(totals.items()):
-            if args.seek == "none" and name.startswith("hybrid"):
-                continue  # no LatentSeek step: the hybrids are greedy+bon
-            n = len(problems)
             print(f"| {name} | {j} | {right / n:.3f} | {tokens / n:.0f} |")
             curves[name].append({"budget": j, "accuracy": right / n, "tokens": tokens / n})
     if args.json:

@@ -239,9 +239,8 @@ class Engine:
             state = seq.thought_state
             if state is not None and state.cfg.report_progress and state.loops > rec.loops:
                 rec.loops = state.loops  # an SLR loop ended: its progress event
-                method = "contrastive" if state.cfg.contrastive else "slr"
-                info = {"method": method, "loop": state.loops, "delta": state.deltas[-1]}
-                req.sink(Progress(info))
+                info = {"method": req.stats.method, "loop": state.loops}
+                req.sink(Progress(info | {"delta": state.deltas[-1]}))
             self._detokenize(rec)  # may end it (a stop string)
             if seq.finished:
                 done.append(rec)

@@ -172,8 +172,10 @@ def records(spec: Spec, problems: list[Problem], outputs: list) -> list[dict]:
     it cost in generated tokens. Enough to replay other picking rules offline."""
     rows = []
     for i, (p, o) in enumerate(zip(problems, outputs)):
-        refined = getattr(o, "candidates", None)  # a plain answer has no candidates
-        texts = refined or [o.choices[0].text]
+        if getattr(o, "candidates", None):
+            texts, rewards, tokens = o.candidates, o.reward_history, o.candidate_tokens
+        else:  # a plain answer: one candidate, nothing scored
+            texts, rewards, tokens = [o.choices[0].text], [], [len(o.choices[0].token_ids)]
         answers = [extract_answer(t) for t in texts]
         rows.append(
             {
@@ -184,8 +186,8 @@ def records(spec: Spec, problems: list[Problem], outputs: list) -> list[dict]:
                 "texts": texts,
                 "answers": answers,
                 "right": [answers_equal(a, p.answer) for a in answers],
-                "rewards": list(o.reward_history) if refined else [],
-                "tokens": list(o.candidate_tokens) if refined else [len(o.choices[0].token_ids)],
+                "rewards": list(rewards),
+                "tokens": list(tokens),
                 "sampling": getattr(o, "sampling", None),
                 "returned_right": answers_equal(extract_answer(o.choices[0].text), p.answer),
             }
